@@ -1,0 +1,24 @@
+"""sparsekern: block-sparse kernels for weight-sparse networks.
+
+Importing sparsekern compiles nothing, queries no device and does not load the
+compiled extension: backends load what they need on first use.
+"""
+
+from .backends import BackendUnavailableError, available_backends, backend_names
+from .function import SparseLinearFunction, block_sparse_linear
+from .layout import BlockLayout, count_for_density
+from .module import SparseLinear, block_norms
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BackendUnavailableError",
+    "BlockLayout",
+    "SparseLinear",
+    "SparseLinearFunction",
+    "available_backends",
+    "backend_names",
+    "block_norms",
+    "block_sparse_linear",
+    "count_for_density",
+]

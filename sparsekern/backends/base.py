@@ -1,0 +1,126 @@
+"""What a backend is, and how one is chosen.
+
+A backend computes the three products of a block-sparse linear layer. Each one
+declares the devices, dtypes and block sides it supports and says, for a given
+call, every reason it cannot run it. ``select`` walks the priority list: an
+automatic choice takes the first backend with no reasons; a forced one (argument
+or ``SPARSEKERN_BACKEND``) raises with its reasons.
+
+The contract every backend implements (2-D operands; any strides unless the
+backend makes them contiguous itself; fp32 accumulation; outputs in the input dtype):
+
+``forward(x[M, K], weight[N, K], bias[N] | None, row_ptr, col_idx, block_out, block_in) -> y[M, N]``
+    ``y = x @ W.T + bias`` over active blocks, walking the row-major index.
+``grad_input(grad_out[M, N], weight[N, K], col_ptr, row_idx, block_out, block_in) -> dx[M, K]``
+    ``dx = grad_out @ W`` over active blocks, walking the column-major index.
+``grad_weight(grad_out[M, N], x[M, K], block_row, col_idx, block_out, block_in) -> dW[N, K]``
+    ``dW = grad_out.T @ x`` on active blocks only, exact zeros elsewhere.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+ENV_VAR = "SPARSEKERN_BACKEND"
+
+
+class BackendUnavailableError(RuntimeError):
+    """A forced backend cannot run this call; the message lists why."""
+
+
+class Backend:
+    name: str = ""
+    devices: tuple[str, ...] = ()
+    dtypes: tuple[torch.dtype, ...] = ()
+    block_sides: tuple[int, ...] = (16, 32, 64, 128)
+
+    def unavailable_reason(self) -> str | None:
+        """Why this backend cannot run at all here (missing build, missing package)."""
+        return None
+
+    def device_reason(self, device: torch.device) -> str | None:
+        if device.type not in self.devices:
+            return f"runs on {'/'.join(self.devices)} tensors, not {device.type}"
+        return None
+
+    def automatic(self, device: torch.device) -> bool:
+        """Whether an automatic choice may pick this backend for ``device``."""
+        return True
+
+    def reasons(self, device: torch.device, dtype: torch.dtype, block_size) -> list[str]:
+        """Every reason this backend cannot run a call; empty when it can."""
+        reasons = []
+        why = self.unavailable_reason()
+        if why:
+            reasons.append(why)
+        why = self.device_reason(device)
+        if why:
+            reasons.append(why)
+        if dtype not in self.dtypes:
+            names = ", ".join(str(d).replace("torch.", "") for d in self.dtypes)
+            reasons.append(f"supports dtypes {names}, not {str(dtype).replace('torch.', '')}")
+        bad = [s for s in block_size if s not in self.block_sides]
+        if bad:
+            reasons.append(f"supports block sides {self.block_sides}, not {tuple(block_size)}")
+        return reasons
+
+    # The three products (see the module docstring).
+    def forward(self, x, weight, bias, row_ptr, col_idx, block_out, block_in):
+        raise NotImplementedError
+
+    def grad_input(self, grad_out, weight, col_ptr, row_idx, block_out, block_in):
+        raise NotImplementedError
+
+    def grad_weight(self, grad_out, x, block_row, col_idx, block_out, block_in):
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"<sparsekern backend {self.name!r}>"
+
+
+_REGISTRY: dict[str, Backend] = {}
+
+
+def register(backend: Backend) -> Backend:
+    _REGISTRY[backend.name] = backend
+    return backend
+
+
+def get_backend(name: str) -> Backend:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"backend must be one of {sorted(_REGISTRY)}, got {name!r}") from None
+
+
+def backend_names() -> list[str]:
+    """All registered backends, fastest first (the automatic order)."""
+    return list(_REGISTRY)
+
+
+def available_backends(device="cpu", dtype: torch.dtype = torch.float32, block_size=(32, 32)) -> list[str]:
+    """Names of the backends that can run on ``device`` for ``dtype`` and ``block_size``, fastest first."""
+    device = torch.device(device)
+    return [name for name, b in _REGISTRY.items() if not b.reasons(device, dtype, block_size)]
+
+
+def select(name: str | None, device: torch.device, dtype: torch.dtype, block_size) -> Backend:
+    """The backend to run a call with: forced by ``name`` or ``SPARSEKERN_BACKEND``, else automatic."""
+    forced = name if name is not None else os.environ.get(ENV_VAR) or None
+    if forced is not None:
+        backend = get_backend(forced)
+        reasons = backend.reasons(device, dtype, block_size)
+        if reasons:
+            source = "backend" if name is not None else ENV_VAR
+            raise BackendUnavailableError(
+                f"{source}={forced!r} cannot run this call: " + "; ".join(reasons)
+                + f". Backends that can: {available_backends(device, dtype, block_size) or 'none'}"
+            )
+        return backend
+    for backend in _REGISTRY.values():
+        if backend.automatic(device) and not backend.reasons(device, dtype, block_size):
+            return backend
+    details = "; ".join(f"{n}: {', '.join(b.reasons(device, dtype, block_size))}" for n, b in _REGISTRY.items())
+    raise BackendUnavailableError(f"no backend can run this call ({details})")

@@ -1,0 +1,69 @@
+"""Autograd wiring: ``SparseLinearFunction`` and the functional entry point ``block_sparse_linear``."""
+
+from __future__ import annotations
+
+import torch
+
+from . import ops
+from ._checks import check_linear_args
+from .backends import select
+from .layout import BlockLayout
+
+
+class SparseLinearFunction(torch.autograd.Function):
+    """``y = x @ W.T + b`` over active blocks; calls only the ``sparsekern`` ops.
+
+    ``dense_weight_grad`` gives the full dense ``dW`` (so pruned weights can grow back
+    under a projection schedule); otherwise ``dW`` covers the active blocks only.
+    """
+
+    @staticmethod
+    def forward(x, weight, bias, row_ptr, col_idx, block_row, col_ptr, row_idx,
+                block_out, block_in, backend, dense_weight_grad):
+        return ops.bsmm_forward(x, weight, bias, row_ptr, col_idx, block_out, block_in, backend)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, weight, bias, row_ptr, col_idx, block_row, col_ptr, row_idx, bo, bi, backend, dense = inputs
+        ctx.save_for_backward(x, weight, col_idx, block_row, col_ptr, row_idx)
+        ctx.block_size = (bo, bi)
+        ctx.backend = backend
+        ctx.dense_weight_grad = dense
+        ctx.has_bias = bias is not None
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, weight, col_idx, block_row, col_ptr, row_idx = ctx.saved_tensors
+        bo, bi = ctx.block_size
+        # Kernels index raw memory: an expanded gradient (stride 0) must become real.
+        grad_out = grad_out.contiguous()
+        dx = dw = db = None
+        if ctx.needs_input_grad[0]:
+            dx = ops.bsmm_grad_input(grad_out, weight, col_ptr, row_idx, bo, bi, ctx.backend)
+        if ctx.needs_input_grad[1]:
+            if ctx.dense_weight_grad:
+                dw = grad_out.t() @ x
+            else:
+                dw = ops.bsmm_grad_weight(grad_out, x, block_row, col_idx, bo, bi, ctx.backend)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            db = grad_out.sum(0)
+        return dx, dw, db, None, None, None, None, None, None, None, None, None
+
+
+def block_sparse_linear(x: torch.Tensor, weight: torch.Tensor, layout: BlockLayout,
+                        bias: torch.Tensor | None = None, *, backend: str | None = None,
+                        dense_weight_grad: bool = False) -> torch.Tensor:
+    """``x @ (weight on layout's active blocks).T + bias``, for ``x`` of shape ``[..., in_features]``.
+
+    ``weight`` is dense ``[out_features, in_features]`` as in ``nn.Linear``; entries outside
+    the active blocks count as zero whatever they hold. ``backend`` forces a backend
+    (see ``sparsekern.available_backends``); ``None`` picks the fastest that can run.
+    """
+    check_linear_args(x, weight, layout, bias)
+    chosen = select(backend, weight.device, weight.dtype, layout.block_size)
+    bo, bi = layout.block_size
+    x2d = x.reshape(-1, x.shape[-1])
+    y = SparseLinearFunction.apply(
+        x2d, weight, bias, *layout.index_tensors(), bo, bi, chosen.name, dense_weight_grad
+    )
+    return y.reshape(*x.shape[:-1], weight.shape[0])

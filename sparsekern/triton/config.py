@@ -1,0 +1,28 @@
+"""Launch parameters shared by the Triton launchers and the ahead-of-time checks."""
+
+from __future__ import annotations
+
+import torch
+
+TRITON_DTYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+
+
+def use_tf32(dtype: torch.dtype, device: torch.device) -> bool:
+    """fp32 runs on TF32 tensor cores only where torch itself allows it."""
+    return dtype == torch.float32 and device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32
+
+
+def bsmm_fwd_config(block_k: int, block_n: int, dtype: torch.dtype) -> dict:
+    """Tile and launch sizes for the dense x block-sparse kernel.
+
+    BLOCK_M rows of the dense operand per program; the other two tile sides are the
+    block. Wide blocks get fewer rows so the fp32 accumulator stays in registers.
+    """
+    wide = block_k * block_n >= 128 * 64
+    return dict(BLOCK_M=64, num_warps=8 if wide else 4, num_stages=3 if dtype != torch.float32 else 2)
+
+
+def bsmm_dw_config(block_out: int, block_in: int, dtype: torch.dtype) -> dict:
+    """Tile sizes for the sampled weight gradient: one block per program, BLOCK_M rows per step."""
+    wide = block_out * block_in >= 128 * 64
+    return dict(BLOCK_M=32 if wide else 64, num_warps=8 if wide else 4, num_stages=3 if dtype != torch.float32 else 2)

@@ -1,0 +1,86 @@
+"""Shared test set-up: the Triton interpreter on CPU-only machines, tolerances, data makers.
+
+TRITON_INTERPRET must be set before triton is imported anywhere, so it is set here,
+at collection time, when no CUDA device is present.
+"""
+
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+import sparsekern  # noqa: E402
+
+# One tolerance table by dtype (rtol, atol), for outputs of size-one-ish magnitude.
+# Low precision: sparsekern's error against an fp32 reference must be at most twice
+# torch's own matmul error in that dtype (see assert_close_to_reference).
+TOLERANCES = {
+    torch.float64: (1e-10, 1e-10),
+    torch.float32: (2e-6, 2e-5),
+}
+
+POISON = float("nan")
+
+
+def interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def cpu_backends() -> list[str]:
+    """Backends that can run CPU tensors in this process (triton only under the interpreter)."""
+    names = []
+    for name in sparsekern.backend_names():
+        backend = sparsekern.backends.get_backend(name)
+        if not backend.reasons(torch.device("cpu"), torch.float32, (32, 32)):
+            names.append(name)
+    return names
+
+
+def backend_dtypes(name: str, device="cpu") -> list[torch.dtype]:
+    """Low- and full-precision dtypes a backend supports here (bf16 excluded from the
+    Triton interpreter, whose tl.dot on bf16 is wrong in Triton 3.8/3.9)."""
+    backend = sparsekern.backends.get_backend(name)
+    dtypes = [d for d in (torch.float32, torch.float16, torch.bfloat16) if d in backend.dtypes]
+    if name == "triton" and interpreting():
+        dtypes = [d for d in dtypes if d != torch.bfloat16]
+    return dtypes
+
+
+def random_weight(layout, dtype, device="cpu", generator=None, poison_outside=True):
+    """A weight with fresh random values on the active blocks and NaN outside them,
+    so a kernel that reads an inactive entry shows it."""
+    w = torch.randn(layout.shape, generator=generator, dtype=torch.float32).to(device=device, dtype=dtype)
+    if poison_outside:
+        w = torch.where(layout.to_mask().to(device), w, POISON)
+    return w
+
+
+def assert_close_to_reference(actual, expected64, low_precision_ref=None, name="value"):
+    """Compare ``actual`` with an fp64 reference.
+
+    fp32/fp64: the fixed table. fp16/bf16: the error may be at most twice that of
+    ``low_precision_ref`` (torch's own computation in that dtype) against the same
+    fp64 reference, plus a floor of a few ulps for tiny errors.
+    """
+    assert actual.shape == expected64.shape, f"{name}: shape {actual.shape} != {expected64.shape}"
+    assert torch.isfinite(actual).all(), f"{name}: non-finite entries (unwritten or poisoned)"
+    dtype = actual.dtype
+    if dtype in TOLERANCES:
+        rtol, atol = TOLERANCES[dtype]
+        torch.testing.assert_close(actual.double(), expected64, rtol=rtol, atol=atol, msg=lambda m: f"{name}: {m}")
+        return
+    assert low_precision_ref is not None, "low precision needs torch's own result in that dtype"
+    err = (actual.double() - expected64).abs().max().item()
+    ref_err = (low_precision_ref.double() - expected64).abs().max().item()
+    scale = expected64.abs().max().item() if expected64.numel() else 0.0
+    floor = 4 * torch.finfo(dtype).eps * scale
+    assert err <= 2 * ref_err + floor, f"{name}: error {err:.3g} > 2 x torch's {ref_err:.3g} (+{floor:.2g})"
+
+
+@pytest.fixture
+def generator():
+    return torch.Generator().manual_seed(1234)
