@@ -50,6 +50,13 @@ class SparseLinearFunction(torch.autograd.Function):
         return dx, dw, db, None, None, None, None, None, None, None, None, None
 
 
+@torch._dynamo.assume_constant_result
+def _choose_backend(name, device, dtype, block_size) -> str:
+    # Pure configuration (environment, installed packages, the built extension): under
+    # torch.compile it runs once at trace time and its answer is a constant of the graph.
+    return select(name, device, dtype, block_size).name
+
+
 def block_sparse_linear(x: torch.Tensor, weight: torch.Tensor, layout: BlockLayout,
                         bias: torch.Tensor | None = None, *, backend: str | None = None,
                         dense_weight_grad: bool = False) -> torch.Tensor:
@@ -60,10 +67,10 @@ def block_sparse_linear(x: torch.Tensor, weight: torch.Tensor, layout: BlockLayo
     (see ``sparsekern.available_backends``); ``None`` picks the fastest that can run.
     """
     check_linear_args(x, weight, layout, bias)
-    chosen = select(backend, weight.device, weight.dtype, layout.block_size)
+    chosen = _choose_backend(backend, weight.device, weight.dtype, layout.block_size)
     bo, bi = layout.block_size
     x2d = x.reshape(-1, x.shape[-1])
     y = SparseLinearFunction.apply(
-        x2d, weight, bias, *layout.index_tensors(), bo, bi, chosen.name, dense_weight_grad
+        x2d, weight, bias, *layout.index_tensors(), bo, bi, chosen, dense_weight_grad
     )
     return y.reshape(*x.shape[:-1], weight.shape[0])

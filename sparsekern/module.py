@@ -26,6 +26,10 @@ def top_blocks(scores: torch.Tensor, k: int) -> torch.Tensor:
     return keep.view_as(scores)
 
 
+def _refresh_layout_after_load(module, incompatible_keys) -> None:
+    module.refresh_layout()
+
+
 class SparseLinear(nn.Module):
     """``nn.Linear`` with a block-sparse weight.
 
@@ -60,7 +64,7 @@ class SparseLinear(nn.Module):
         self.block_size = normalize_block_size(block_size)
         self.dense_grad = bool(dense_grad)
         # A loaded state_dict (a dense nn.Linear's included) brings its own sparsity.
-        self.register_load_state_dict_post_hook(lambda module, _keys: module.refresh_layout())
+        self.register_load_state_dict_post_hook(_refresh_layout_after_load)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return block_sparse_linear(x, self.weight, self.layout, self.bias, dense_weight_grad=self.dense_grad)

@@ -61,7 +61,7 @@ class Backend:
         if dtype not in self.dtypes:
             names = ", ".join(str(d).replace("torch.", "") for d in self.dtypes)
             reasons.append(f"supports dtypes {names}, not {str(dtype).replace('torch.', '')}")
-        bad = [s for s in block_size if s not in self.block_sides]
+        bad = [s for s in block_size or () if s not in self.block_sides]
         if bad:
             reasons.append(f"supports block sides {self.block_sides}, not {tuple(block_size)}")
         return reasons
@@ -80,47 +80,61 @@ class Backend:
         return f"<sparsekern backend {self.name!r}>"
 
 
-_REGISTRY: dict[str, Backend] = {}
+class Registry:
+    """Backends of one operation, fastest first, and the rules for choosing among them.
 
+    The matmul has one (the module functions below); the top-k projection
+    (``sparsekern.projection``) has another, with its own override variable.
+    """
 
-def register(backend: Backend) -> Backend:
-    _REGISTRY[backend.name] = backend
-    return backend
+    def __init__(self, env_var: str):
+        self.env_var = env_var
+        self._backends: dict[str, Backend] = {}
 
-
-def get_backend(name: str) -> Backend:
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise ValueError(f"backend must be one of {sorted(_REGISTRY)}, got {name!r}") from None
-
-
-def backend_names() -> list[str]:
-    """All registered backends, fastest first (the automatic order)."""
-    return list(_REGISTRY)
-
-
-def available_backends(device="cpu", dtype: torch.dtype = torch.float32, block_size=(32, 32)) -> list[str]:
-    """Names of the backends that can run on ``device`` for ``dtype`` and ``block_size``, fastest first."""
-    device = torch.device(device)
-    return [name for name, b in _REGISTRY.items() if not b.reasons(device, dtype, block_size)]
-
-
-def select(name: str | None, device: torch.device, dtype: torch.dtype, block_size) -> Backend:
-    """The backend to run a call with: forced by ``name`` or ``SPARSEKERN_BACKEND``, else automatic."""
-    forced = name if name is not None else os.environ.get(ENV_VAR) or None
-    if forced is not None:
-        backend = get_backend(forced)
-        reasons = backend.reasons(device, dtype, block_size)
-        if reasons:
-            source = "backend" if name is not None else ENV_VAR
-            raise BackendUnavailableError(
-                f"{source}={forced!r} cannot run this call: " + "; ".join(reasons)
-                + f". Backends that can: {available_backends(device, dtype, block_size) or 'none'}"
-            )
+    def register(self, backend: Backend) -> Backend:
+        self._backends[backend.name] = backend
         return backend
-    for backend in _REGISTRY.values():
-        if backend.automatic(device) and not backend.reasons(device, dtype, block_size):
+
+    def get(self, name: str) -> Backend:
+        try:
+            return self._backends[name]
+        except KeyError:
+            raise ValueError(f"backend must be one of {sorted(self._backends)}, got {name!r}") from None
+
+    def names(self) -> list[str]:
+        """All registered backends, fastest first (the automatic order)."""
+        return list(self._backends)
+
+    def available(self, device="cpu", dtype: torch.dtype = torch.float32, block_size=(32, 32)) -> list[str]:
+        """Names of the backends that can run on ``device`` for ``dtype`` and ``block_size``, fastest first."""
+        device = torch.device(device)
+        return [name for name, b in self._backends.items() if not b.reasons(device, dtype, block_size)]
+
+    def select(self, name: str | None, device: torch.device, dtype: torch.dtype, block_size) -> Backend:
+        """The backend to run a call with: forced by ``name`` or the environment variable, else automatic."""
+        forced = name if name is not None else os.environ.get(self.env_var) or None
+        if forced is not None:
+            backend = self.get(forced)
+            reasons = backend.reasons(device, dtype, block_size)
+            if reasons:
+                source = "backend" if name is not None else self.env_var
+                raise BackendUnavailableError(
+                    f"{source}={forced!r} cannot run this call: " + "; ".join(reasons)
+                    + f". Backends that can: {self.available(device, dtype, block_size) or 'none'}"
+                )
             return backend
-    details = "; ".join(f"{n}: {', '.join(b.reasons(device, dtype, block_size))}" for n, b in _REGISTRY.items())
-    raise BackendUnavailableError(f"no backend can run this call ({details})")
+        for backend in self._backends.values():
+            if backend.automatic(device) and not backend.reasons(device, dtype, block_size):
+                return backend
+        details = "; ".join(
+            f"{n}: {', '.join(b.reasons(device, dtype, block_size))}" for n, b in self._backends.items()
+        )
+        raise BackendUnavailableError(f"no backend can run this call ({details})")
+
+
+_MATMUL = Registry(ENV_VAR)
+register = _MATMUL.register
+get_backend = _MATMUL.get
+backend_names = _MATMUL.names
+available_backends = _MATMUL.available
+select = _MATMUL.select

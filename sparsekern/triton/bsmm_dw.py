@@ -27,7 +27,7 @@ def _bsmm_dw_kernel(
     mask_n = offs_n < N
     mask_k = offs_k < K
     acc = tl.zeros((BLOCK_OUT, BLOCK_IN), dtype=tl.float32)
-    for m0 in range(0, M, BLOCK_M):
+    for m0 in tl.range(0, M, BLOCK_M):
         offs_m = m0 + tl.arange(0, BLOCK_M)
         mask_m = offs_m < M
         g_t = tl.load(  # grad_out tile, transposed on load: [BLOCK_OUT, BLOCK_M]

@@ -11,6 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .._alloc import new_output
 from .config import bsmm_fwd_config, use_tf32
 
 
@@ -33,7 +34,7 @@ def _bsmm_fwd_kernel(
     start = tl.load(ptr_ptr + j)
     end = tl.load(ptr_ptr + j + 1)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for p in range(start, end):
+    for p in tl.range(start, end):
         k = tl.load(idx_ptr + p) * BLOCK_K + offs_k  # int32 index: promote before multiplying strides
         mask_k = k < K
         a = tl.load(
@@ -62,7 +63,7 @@ def bsmm_fwd(a: torch.Tensor, b: torch.Tensor, bias, ptr: torch.Tensor, idx: tor
     """
     M, K = a.shape
     N = b.shape[1]
-    out = torch.empty((M, N), dtype=a.dtype, device=a.device)
+    out = new_output((M, N), a.dtype, a.device)
     if M == 0 or N == 0:
         return out
     cfg = bsmm_fwd_config(block_k, block_n, a.dtype)

@@ -1,0 +1,164 @@
+"""Ahead-of-time compilation of the Triton kernels for real GPUs, without one.
+
+``triton.compile`` with a ``GPUTarget`` gives PTX and a cubin on any machine; ``ptxas -v``
+then reports registers and spills. The tests use this so CI fails when a kernel stops
+compiling for real hardware; ``sparsekern-bench --static`` prints the same figures.
+
+It cannot run under ``TRITON_INTERPRET=1`` (the interpreter patches ``triton.language``):
+call ``report_in_subprocess`` from such a process. Run as a module for a JSON report:
+``python -m sparsekern.triton.aot``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import torch
+
+ARCHS = (80, 90)  # sm_80 (A100: mma.sync), sm_90a (H100: wgmma)
+TENSOR_CORE_DTYPES = (torch.float16, torch.bfloat16)
+
+
+@dataclasses.dataclass
+class AotReport:
+    kernel: str
+    arch: int
+    dtype: str
+    block_size: tuple
+    tf32: bool
+    registers: int
+    spill_bytes: int
+    shared_bytes: int
+    tensor_core: str  # "wgmma", "mma.sync" or "none"
+
+    @property
+    def expects_tensor_cores(self) -> bool:
+        return self.dtype in ("fp16", "bf16") or self.tf32
+
+
+def _kernel_specs():
+    """name -> (jit function, int32 index pointers, unit-stride args, constexprs builder, config builder)."""
+    from .bsmm_dw import _bsmm_dw_kernel
+    from .bsmm_fwd import _bsmm_fwd_kernel
+    from .config import bsmm_dw_config, bsmm_fwd_config
+
+    def fwd_constexprs(bk, bn, tf32, cfg):
+        return dict(HAS_BIAS=True, ALLOW_TF32=tf32, BLOCK_M=cfg["BLOCK_M"], BLOCK_K=bk, BLOCK_N=bn)
+
+    def dw_constexprs(bo, bi, tf32, cfg):
+        return dict(ALLOW_TF32=tf32, BLOCK_M=cfg["BLOCK_M"], BLOCK_OUT=bo, BLOCK_IN=bi)
+
+    return {
+        # forward: a = x (unit stride along K), b = weight.T (unit stride along K)
+        "bsmm_fwd/forward": (_bsmm_fwd_kernel, ("ptr_ptr", "idx_ptr"), ("stride_ak", "stride_bk", "stride_on"),
+                             lambda bo, bi, tf32, cfg: fwd_constexprs(bi, bo, tf32, cfg),
+                             lambda bo, bi, dtype: bsmm_fwd_config(bi, bo, dtype)),
+        # input gradient: a = grad_out, b = weight (unit stride along N), transposed index
+        "bsmm_fwd/grad_input": (_bsmm_fwd_kernel, ("ptr_ptr", "idx_ptr"), ("stride_ak", "stride_bn", "stride_on"),
+                                lambda bo, bi, tf32, cfg: {**fwd_constexprs(bo, bi, tf32, cfg), "HAS_BIAS": False},
+                                lambda bo, bi, dtype: bsmm_fwd_config(bo, bi, dtype)),
+        "bsmm_dw/grad_weight": (_bsmm_dw_kernel, ("row_ptr", "col_ptr"), ("stride_gn", "stride_xk", "stride_wk"),
+                                dw_constexprs, bsmm_dw_config),
+    }
+
+
+KERNEL_NAMES = ("bsmm_fwd/forward", "bsmm_fwd/grad_input", "bsmm_dw/grad_weight")
+
+
+def _ptxas() -> str:
+    import triton.backends.nvidia as nvidia
+
+    bundled = os.path.join(os.path.dirname(nvidia.__file__), "bin", "ptxas")
+    found = bundled if os.path.exists(bundled) else shutil.which("ptxas")
+    if not found:
+        raise RuntimeError("ptxas not found (neither triton's bundled copy nor on PATH)")
+    return found
+
+
+def compile_kernel(name: str, arch: int, dtype: torch.dtype, block_size, tf32: bool = False) -> AotReport:
+    """Compile one kernel instantiation for ``sm_<arch>`` and read its resource use."""
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        raise RuntimeError("ahead-of-time compilation needs a process without TRITON_INTERPRET=1")
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from .config import TRITON_DTYPES
+
+    fn, index_ptrs, unit_strides, constexprs_of, config_of = _kernel_specs()[name]
+    bo, bi = block_size
+    cfg = config_of(bo, bi, dtype)
+    constexprs = constexprs_of(bo, bi, tf32, cfg)
+    ty = TRITON_DTYPES[dtype]
+    signature, attrs = {}, {}
+    for i, arg in enumerate(fn.arg_names):
+        if arg in constexprs:
+            signature[arg] = "constexpr"
+        elif arg in unit_strides:  # what the JIT specialises for contiguous tensors
+            signature[arg] = "constexpr"
+            constexprs[arg] = 1
+        elif arg.endswith("_ptr"):
+            signature[arg] = "*i32" if arg in index_ptrs else f"*{ty}"
+            attrs[(i,)] = [["tt.divisibility", 16]]
+        else:  # sizes and strides: the common case of multiples of 16, as the JIT specialises them
+            signature[arg] = "i32"
+            attrs[(i,)] = [["tt.divisibility", 16]]
+    src = ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
+    compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32),
+                              options={"num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"]})
+    ptx = compiled.asm["ptx"]
+    registers, spills = _ptxas_usage(ptx, arch)
+    tensor_core = "wgmma" if "wgmma" in ptx else "mma.sync" if "mma.sync" in ptx else "none"
+    return AotReport(name, arch, ty, (bo, bi), tf32, registers, spills, compiled.metadata.shared, tensor_core)
+
+
+def _ptxas_usage(ptx: str, arch: int) -> tuple[int, int]:
+    sm = f"sm_{arch}a" if arch >= 90 else f"sm_{arch}"
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "kernel.ptx")
+        with open(path, "w") as f:
+            f.write(ptx)
+        out = subprocess.run([_ptxas(), f"-arch={sm}", "-v", path, "-o", os.path.join(tmp, "k.cubin")],
+                             capture_output=True, text=True, check=True)
+    text = out.stdout + out.stderr
+    registers = int(re.search(r"Used (\d+) registers", text).group(1))
+    spill = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", text)
+    return registers, int(spill.group(1)) + int(spill.group(2))
+
+
+def default_cases():
+    """The instantiations checked by the tests and shown by ``sparsekern-bench --static``."""
+    for arch in ARCHS:
+        for dtype in (torch.float16, torch.bfloat16):
+            for block in ((16, 16), (32, 32), (64, 64), (128, 128), (32, 64)):
+                for name in KERNEL_NAMES:
+                    yield name, arch, dtype, block, False
+        for name in KERNEL_NAMES:
+            yield name, arch, torch.float32, (32, 32), True
+            yield name, arch, torch.float32, (32, 32), False
+
+
+def report_in_subprocess(timeout: float = 900) -> list[dict]:
+    """Run ``default_cases`` in a fresh interpreter without TRITON_INTERPRET; list of dicts."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = subprocess.run([sys.executable, "-m", "sparsekern.triton.aot"], env=env, capture_output=True,
+                         text=True, timeout=timeout)
+    if out.returncode != 0:
+        raise RuntimeError(f"ahead-of-time compilation failed:\n{out.stderr[-4000:]}")
+    return json.loads(out.stdout)
+
+
+def main() -> None:
+    reports = [dataclasses.asdict(compile_kernel(*case)) for case in default_cases()]
+    json.dump(reports, sys.stdout)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,139 @@
+"""SparseLinear as a drop-in for nn.Linear."""
+
+import pytest
+import torch
+from torch import nn
+
+import sparsekern
+from sparsekern import SparseLinear
+
+
+def test_same_parameters_state_dict_and_init_as_linear():
+    torch.manual_seed(0)
+    dense = nn.Linear(96, 64)
+    torch.manual_seed(0)
+    sparse = SparseLinear(96, 64, density=0.25, block_size=32)
+    assert list(sparse.state_dict()) == list(dense.state_dict()) == ["weight", "bias"]
+    assert sparse.weight.shape == dense.weight.shape and sparse.bias.shape == dense.bias.shape
+    mask = sparse.layout.to_mask()
+    # nn.Linear's initialisation, draw for draw, then zeroed outside the layout.
+    torch.testing.assert_close(sparse.weight[mask], dense.weight[mask], rtol=0, atol=0)
+    assert (sparse.weight[~mask] == 0).all()
+    torch.testing.assert_close(sparse.bias, dense.bias, rtol=0, atol=0)
+    assert sparse.layout.nnz_blocks == round(0.25 * 6)
+
+
+def test_no_bias():
+    m = SparseLinear(32, 16, bias=False, density=0.5, block_size=16)
+    assert m.bias is None and list(m.state_dict()) == ["weight"]
+    assert m(torch.randn(3, 32)).shape == (3, 16)
+
+
+def test_forward_and_grad_match_masked_linear():
+    torch.manual_seed(1)
+    m = SparseLinear(80, 48, density=0.5, block_size=16)
+    x = torch.randn(2, 5, 80, requires_grad=True)
+    y = m(x)
+    dense = m.to_dense()
+    x2 = x.detach().clone().requires_grad_()
+    y2 = dense(x2)
+    torch.testing.assert_close(y, y2)
+    g = torch.randn_like(y)
+    y.backward(g)
+    y2.backward(g)
+    torch.testing.assert_close(x.grad, x2.grad)
+    mask = m.layout.to_mask()
+    torch.testing.assert_close(m.weight.grad, dense.weight.grad * mask)
+    torch.testing.assert_close(m.bias.grad, dense.bias.grad)
+
+
+def test_from_dense_keeps_largest_blocks():
+    lin = nn.Linear(64, 64, bias=True)
+    with torch.no_grad():
+        lin.weight.fill_(0.01)
+        lin.weight[32:, :32] = 5.0  # block (1, 0): largest
+        lin.weight[:32, 32:] = -3.0  # block (0, 1): second
+    m = SparseLinear.from_dense(lin, density=0.5, block_size=32)
+    assert m.layout.to_block_mask().tolist() == [[False, True], [True, False]]
+    assert torch.equal(m.weight, lin.weight * m.layout.to_mask())
+    assert torch.equal(m.bias, lin.bias)
+    assert m.bias is not lin.bias and m.weight is not lin.weight
+
+
+def test_from_dense_ties_go_to_lowest_block_index():
+    lin = nn.Linear(64, 64, bias=False)
+    with torch.no_grad():
+        lin.weight.fill_(1.0)
+    m = SparseLinear.from_dense(lin, density=0.5, block_size=32)
+    assert m.layout.to_block_mask().tolist() == [[True, True], [False, False]]
+
+
+def test_to_dense_computes_the_same_function():
+    torch.manual_seed(2)
+    m = SparseLinear(50, 30, density=0.4, block_size=(16, 32))
+    with torch.no_grad():
+        m.weight.add_(1.0)  # entries outside the layout are now nonzero: they must not count
+    x = torch.randn(7, 50)
+    torch.testing.assert_close(m(x), m.to_dense()(x))
+
+
+def test_dense_state_dict_loads_and_layout_follows():
+    torch.manual_seed(3)
+    m = SparseLinear(64, 32, density=0.25, block_size=16)
+    dense = nn.Linear(64, 32)
+    with torch.no_grad():
+        dense.weight[:, 16:] = 0  # only the first block column holds weights
+    m.load_state_dict(dense.state_dict())
+    assert m.layout.to_block_mask().tolist() == [[True, False, False, False]] * 2
+    x = torch.randn(3, 64)
+    torch.testing.assert_close(m(x), dense(x))
+    # refresh_layout is explicit too, after an in-place edit.
+    with torch.no_grad():
+        m.weight.zero_()
+    assert m.refresh_layout().nnz_blocks == 0
+
+
+def test_checkpoint_round_trip():
+    torch.manual_seed(4)
+    a = SparseLinear(40, 24, density=0.3, block_size=16)
+    b = SparseLinear(40, 24, density=0.3, block_size=16)
+    b.load_state_dict(a.state_dict())
+    assert b.layout == a.layout
+    x = torch.randn(2, 40)
+    torch.testing.assert_close(a(x), b(x))
+
+
+def test_extra_repr_shows_the_arguments():
+    m = SparseLinear(64, 32, bias=False, density=0.125, block_size=(16, 32))
+    assert repr(m) == ("SparseLinear(in_features=64, out_features=32, bias=False, "
+                       "density=0.125, block_size=(16, 32))")
+
+
+def test_module_dtype_conversion_and_optimizer_step():
+    torch.manual_seed(5)
+    m = SparseLinear(32, 32, density=0.5, block_size=16).double()
+    assert m.weight.dtype == torch.float64
+    assert m.layout.device == m.weight.device
+    opt = torch.optim.SGD(m.parameters(), lr=0.1)
+    mask = m.layout.to_mask()
+    m(torch.randn(4, 32, dtype=torch.float64)).pow(2).sum().backward()
+    opt.step()
+    assert (m.weight[~mask] == 0).all()  # active-block gradients keep the sparsity
+
+
+def test_constructor_validates():
+    with pytest.raises(ValueError, match="density"):
+        SparseLinear(32, 32, density=2.0)
+    with pytest.raises(ValueError, match="block_size"):
+        SparseLinear(32, 32, block_size=24)
+    with pytest.raises(TypeError, match="linear"):
+        SparseLinear.from_dense(nn.Conv1d(1, 1, 1), density=0.5)
+
+
+def test_dense_grad_mode_gives_gradient_everywhere():
+    torch.manual_seed(6)
+    m = SparseLinear(32, 32, density=0.25, block_size=16, dense_grad=True)
+    x = torch.randn(5, 32)
+    m(x).sum().backward()
+    torch.testing.assert_close(m.weight.grad, torch.ones(5, 32).t() @ x)
+    assert sparsekern.SparseLinear(32, 32).dense_grad is False
