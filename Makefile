@@ -25,5 +25,14 @@ install: $(VENV)/.installed
 test: install
 	$(PY) -m pytest -q tests
 
+# The default benchmark (headline sweep; BENCH_ARGS="--full" for the large one). Results go to bench-results/.
+bench: install
+	$(PY) -m sparsekern.bench $(BENCH_ARGS)
+
+# The end-to-end example at its default size (a few minutes on a CPU; DEMO_ARGS to change it).
+# Results go to examples/out/.
+demo: install
+	$(PY) examples/train_sparse_gpt.py $(DEMO_ARGS)
+
 clean:
 	rm -rf build *.egg-info sparsekern/_C*.so $(VENV)/.installed

@@ -8,12 +8,18 @@ from .backends import BackendUnavailableError, available_backends, backend_names
 from .function import SparseLinearFunction, block_sparse_linear
 from .layout import BlockLayout, count_for_density
 from .module import SparseLinear, block_norms
+from .projection import ProjectionResult, projection_backends, topk_project_
+from .schedule import DensitySchedule
+from .sparsify import Projector, sparsify
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BackendUnavailableError",
     "BlockLayout",
+    "DensitySchedule",
+    "ProjectionResult",
+    "Projector",
     "SparseLinear",
     "SparseLinearFunction",
     "available_backends",
@@ -21,4 +27,7 @@ __all__ = [
     "block_norms",
     "block_sparse_linear",
     "count_for_density",
+    "projection_backends",
+    "sparsify",
+    "topk_project_",
 ]

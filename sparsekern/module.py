@@ -7,23 +7,8 @@ from torch import nn
 
 from .function import block_sparse_linear
 from .layout import BlockLayout, block_grid, check_density, count_for_density, normalize_block_size
-
-
-def block_norms(weight: torch.Tensor, block_size) -> torch.Tensor:
-    """L2 norm of every block of ``weight``: ``[block rows, block cols]`` (edge blocks partial), fp32."""
-    bo, bi = block_size
-    n_rows, n_cols = block_grid(tuple(weight.shape), (bo, bi))
-    padded = weight.new_zeros((n_rows * bo, n_cols * bi), dtype=torch.float32)
-    padded[: weight.shape[0], : weight.shape[1]] = weight.detach()
-    return padded.view(n_rows, bo, n_cols, bi).square().sum(dim=(1, 3)).sqrt()
-
-
-def top_blocks(scores: torch.Tensor, k: int) -> torch.Tensor:
-    """Bool mask of the ``k`` largest scores; ties go to the lowest row-major index."""
-    order = torch.sort(scores.flatten(), descending=True, stable=True).indices
-    keep = torch.zeros(scores.numel(), dtype=torch.bool, device=scores.device)
-    keep[order[:k]] = True
-    return keep.view_as(scores)
+from .projection.reference import block_norms, top_blocks  # noqa: F401  (re-exported)
+from .projection.topk_project import prepare_projection
 
 
 def _refresh_layout_after_load(module, incompatible_keys) -> None:
@@ -38,6 +23,9 @@ class SparseLinear(nn.Module):
     blocks) drawn from torch's RNG at construction, the weight zeroed outside it.
     Loading a state_dict refreshes the layout from the loaded weight's nonzeros.
     """
+
+    #: What ``project_`` keeps by default: single entries ("element") or whole blocks ("block").
+    granularity: str = "element"
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
                  density: float = 0.0625, block_size=32, dense_grad: bool = False,
@@ -74,6 +62,35 @@ class SparseLinear(nn.Module):
         """Recompute the layout from the weight's nonzeros (blocks holding any)."""
         self.layout = BlockLayout.from_weight(self.weight, self.block_size)
         return self.layout
+
+    def project_(self, density: float | None = None, *, granularity: str | None = None, min_per_row: int = 0,
+                 backend: str | None = None):
+        """Keep the weight's largest-magnitude entries (or blocks) at ``density``, in place, and
+        rebuild the layout from what is left, in the same pass.
+
+        ``k = count_for_density(density, n)``, ``n`` entries (``granularity="element"``) or
+        blocks of ``block_size`` (``"block"``). Defaults: ``self.density`` and
+        ``self.granularity``. ``min_per_row`` floors every output row (neuron), in entries
+        (blocks). Returns the ``sparsekern.ProjectionResult``; see ``sparsekern.topk_project_``.
+        """
+        prepared = prepare_projection(
+            self.weight, self._projection_k(density, granularity), granularity=granularity or self.granularity,
+            block_size=self.block_size, min_per_row=min_per_row, backend=backend,
+        )
+        return self._finish_projection(prepared)
+
+    def _projection_k(self, density, granularity) -> int:
+        density = self.density if density is None else check_density(density)
+        if (granularity or self.granularity) == "block":
+            n_rows, n_cols = block_grid((self.out_features, self.in_features), self.block_size)
+            return count_for_density(density, n_rows * n_cols)
+        return count_for_density(density, self.out_features * self.in_features)
+
+    def _finish_projection(self, prepared):
+        result = prepared.apply()
+        self.layout = BlockLayout.from_block_mask(result.block_counts > 0, self.block_size,
+                                                  (self.out_features, self.in_features))
+        return result
 
     def _apply(self, fn, *args, **kwargs):
         super()._apply(fn, *args, **kwargs)

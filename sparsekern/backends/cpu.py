@@ -1,11 +1,44 @@
-"""Backend "cpu": C++ kernels for CPU tensors, from the compiled extension."""
+"""Backend "cpu": C++ kernels for CPU tensors, from the compiled extension.
+
+The kernels (csrc/cpu/) are compiled once per instruction set (portable, AVX2 + FMA,
+AVX-512) and the best one the CPU reports is used; ``cpu_isa`` / ``set_cpu_isa`` (or the
+environment variable ``SPARSEKERN_CPU_ISA``, read on first use) choose a lesser one.
+fp32 and bf16 inputs, fp32 accumulation; float64 is not supported (the reference backend
+runs it).
+"""
 
 import torch
 
+from .._alloc import new_output, poisoning
 from .._extension import extension, unavailable_reason
 from .base import Backend
 
 _KERNELS = ("bsmm_forward_cpu", "bsmm_grad_input_cpu", "bsmm_grad_weight_cpu")
+
+
+def _out(shape, like):
+    # Under the tests' poison switch the kernel writes into a NaN-filled output.
+    return new_output(shape, like.dtype, like.device) if poisoning() else None
+
+
+def cpu_isa() -> str:
+    """The instruction set the CPU kernels use now: 'portable', 'avx2' or 'avx512'."""
+    return _module().cpu_isa()
+
+
+def set_cpu_isa(name: str) -> str:
+    """Use the kernels built for ``name`` ('portable', 'avx2', 'avx512'); returns the previous one.
+
+    Raises ValueError for an unknown name or one this CPU does not support.
+    """
+    return _module().set_cpu_isa(name)
+
+
+def _module():
+    why = unavailable_reason(*_KERNELS)
+    if why:
+        raise RuntimeError(f"the cpu backend is unavailable: {why}")
+    return extension()
 
 
 class CpuBackend(Backend):
@@ -17,10 +50,13 @@ class CpuBackend(Backend):
         return unavailable_reason(*_KERNELS)
 
     def forward(self, x, weight, bias, row_ptr, col_idx, block_out, block_in):
-        return extension().bsmm_forward_cpu(x, weight, bias, row_ptr, col_idx, block_out, block_in)
+        out = _out((x.shape[0], weight.shape[0]), x)
+        return extension().bsmm_forward_cpu(x, weight, bias, row_ptr, col_idx, block_out, block_in, out)
 
     def grad_input(self, grad_out, weight, col_ptr, row_idx, block_out, block_in):
-        return extension().bsmm_grad_input_cpu(grad_out, weight, col_ptr, row_idx, block_out, block_in)
+        out = _out((grad_out.shape[0], weight.shape[1]), grad_out)
+        return extension().bsmm_grad_input_cpu(grad_out, weight, col_ptr, row_idx, block_out, block_in, out)
 
     def grad_weight(self, grad_out, x, block_row, col_idx, block_out, block_in):
-        return extension().bsmm_grad_weight_cpu(grad_out, x, block_row, col_idx, block_out, block_in)
+        out = _out((grad_out.shape[1], x.shape[1]), x)
+        return extension().bsmm_grad_weight_cpu(grad_out, x, block_row, col_idx, block_out, block_in, out)

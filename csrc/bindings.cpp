@@ -1,0 +1,568 @@
+// sparsekern._C: the only file that includes torch headers. It checks arguments (so a direct
+// call with a wrong shape, dtype or index raises instead of reading out of bounds), turns
+// tensors into raw pointers and strides, and calls the torch-free launchers. Kept lean:
+// compile time matters on small CI machines.
+//
+// Sections: common helpers | CPU block-sparse products | top-k projection (CPU) | CUDA (#ifdef
+// SPARSEKERN_WITH_CUDA) | module.
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/from_blob.h>
+#include <c10/util/Exception.h>
+#include <torch/csrc/utils/pybind.h>
+
+#include <algorithm>
+#include <atomic>
+#include <optional>
+#include <string>
+#include <tuple>
+
+#include "common/block_index.h"
+#include "cpu/bsmm_cpu.h"
+#include "cpu/topk.h"
+
+#ifdef SPARSEKERN_WITH_CUDA  // CUDA headers exist only in a CUDA build of torch
+#include <ATen/ops/zeros.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <cuda_runtime_api.h>
+
+#include "cuda/bsmm_cuda.h"
+#endif
+
+// setup.py passes the torch version as bare tokens; stringified here (no shell quoting).
+#define SK_STRINGIFY2(x) #x
+#define SK_STRINGIFY(x) SK_STRINGIFY2(x)
+#ifdef SPARSEKERN_TORCH_VERSION
+#define SK_TORCH_VERSION SK_STRINGIFY(SPARSEKERN_TORCH_VERSION)
+#else
+#define SK_TORCH_VERSION "unknown"
+#endif
+
+namespace {
+
+namespace idx = sparsekern::index;
+using at::Tensor;
+
+// ============================================================ common helpers
+
+void check_block_sides(int64_t block_out, int64_t block_in) {
+  for (int64_t side : {block_out, block_in})
+    TORCH_CHECK(side == 16 || side == 32 || side == 64 || side == 128,
+                "block sides must each be one of 16, 32, 64, 128, got (", block_out, ", ", block_in, ")");
+}
+
+void check_index_tensor(const Tensor& t, const char* name, const at::Device& device) {
+  TORCH_CHECK(t.scalar_type() == at::kInt, name, " must be int32, got ", t.scalar_type());
+  TORCH_CHECK(t.dim() == 1, name, " must be 1-D, got ", t.dim(), " dimensions");
+  TORCH_CHECK(t.is_contiguous(), name, " must be contiguous");
+  TORCH_CHECK(t.device() == device, name, " must be on ", device, ", got ", t.device());
+}
+
+// A compressed index (ptr over n_outer blocks, idx into n_inner): lengths, then O(nnz) contents.
+void check_compressed(const Tensor& ptr, const char* ptr_name, const Tensor& ind, const char* ind_name,
+                      int64_t n_outer, int64_t n_inner) {
+  check_index_tensor(ptr, ptr_name, ind.device());
+  check_index_tensor(ind, ind_name, ind.device());
+  TORCH_CHECK(ptr.numel() == n_outer + 1, ptr_name, " must have ", n_outer + 1, " entries (blocks + 1), got ",
+              ptr.numel());
+  const int err = idx::check_compressed(ptr.data_ptr<int32_t>(), n_outer, ind.data_ptr<int32_t>(), ind.numel(),
+                                        n_inner);
+  TORCH_CHECK(err == idx::kIndexOk, "invalid block index (", ptr_name, ", ", ind_name, "): ", idx::describe(err));
+}
+
+void check_matrix(const Tensor& t, const char* name, const at::Device& device) {
+  TORCH_CHECK(t.dim() == 2, name, " must be 2-D, got ", t.dim(), " dimensions");
+  TORCH_CHECK(t.device() == device, name, " must be on ", device, ", got ", t.device());
+}
+
+// ================================================================= CPU section
+
+namespace cpu = sparsekern::cpu;
+
+void check_cpu_dtype(const Tensor& t, const char* name) {
+  TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kBFloat16, name,
+              " must be float32 or bfloat16 for the cpu backend, got ", t.scalar_type());
+}
+
+// torch's thread pool, with [0, n) handed out in chunks on demand (a few per thread, in
+// order) rather than one fixed share each: on a shared machine a thread that loses its core
+// for a while then delays the call by its chunk, not by its whole share.
+void torch_parallel_for(int64_t n, cpu::ParallelBody body, void* ctx) {
+  const int64_t threads = std::min<int64_t>(at::get_num_threads(), n);
+  if (threads <= 1 || at::in_parallel_region()) {
+    body(ctx, 0, n);
+    return;
+  }
+  const int64_t grain = (n + 4 * threads - 1) / (4 * threads);
+  std::atomic<int64_t> next{0};
+  at::parallel_for(0, threads, 1, [&](int64_t, int64_t) {
+    for (int64_t begin = next.fetch_add(grain); begin < n; begin = next.fetch_add(grain))
+      body(ctx, begin, std::min(n, begin + grain));
+  });
+}
+
+// fp32 with unit column stride, as the kernels read a dense operand; copies only if needed.
+Tensor rows_fp32(const Tensor& t) {
+  if (t.scalar_type() == at::kFloat && (t.stride(1) == 1 || t.size(1) <= 1)) return t;
+  return t.to(at::kFloat).contiguous();
+}
+
+int64_t leading_dim(const Tensor& t) { return t.size(0) > 1 ? t.stride(0) : t.size(1); }
+
+cpu::StridedMatrix strided(const Tensor& t) {
+  return {t.data_ptr(), t.scalar_type() == at::kFloat ? cpu::DType::kFloat32 : cpu::DType::kBFloat16,
+          t.size(0), t.size(1), t.stride(0), t.stride(1)};
+}
+
+// An output the caller may supply (`out`, e.g. poisoned by the tests): shape, dtype, layout.
+Tensor output(const std::optional<Tensor>& out, at::IntArrayRef shape, const Tensor& like) {
+  if (!out.has_value()) {
+    const int64_t bytes = c10::multiply_integers(shape) * like.element_size();
+    if (bytes < (int64_t{4} << 20)) return at::empty(shape, like.options());
+    // Large outputs on huge pages (see cpu::alloc_output): the page faults of a fresh buffer
+    // would otherwise cost a sizeable part of a sparse product.
+    void* data = cpu::alloc_output(bytes);
+    TORCH_CHECK(data != nullptr, "sparsekern cpu: out of memory for an output of ", bytes, " bytes");
+    return at::from_blob(data, shape, cpu::free_output, like.options());
+  }
+  TORCH_CHECK(out->sizes() == shape, "out must have shape ", shape, ", got ", out->sizes());
+  TORCH_CHECK(out->scalar_type() == like.scalar_type() && out->device() == like.device(), "out must be ",
+              like.scalar_type(), " on ", like.device(), ", got ", out->scalar_type(), " on ", out->device());
+  TORCH_CHECK(out->is_contiguous(), "out must be contiguous");
+  return *out;
+}
+
+cpu::DType dtype_of(const Tensor& t) {
+  return t.scalar_type() == at::kFloat ? cpu::DType::kFloat32 : cpu::DType::kBFloat16;
+}
+
+// y[M, n_out] = a[M, n_in] @ w.T over the blocks of (ptr, ind); w may be W or W.T (a view).
+Tensor dense_sparse(const Tensor& a, const Tensor& w, const std::optional<Tensor>& bias, const Tensor& ptr,
+                    const Tensor& ind, int64_t block_out, int64_t block_in, const std::optional<Tensor>& out) {
+  Tensor y = output(out, {a.size(0), w.size(0)}, a);
+  const Tensor a32 = rows_fp32(a);
+  Tensor bias32;
+  if (bias.has_value()) bias32 = bias->to(at::kFloat).contiguous();
+  cpu::DenseSparseProblem p{a32.data_ptr<float>(), a.size(0), leading_dim(a32), strided(w),
+                            bias32.defined() ? bias32.data_ptr<float>() : nullptr,
+                            ptr.data_ptr<int32_t>(), ind.data_ptr<int32_t>(), ind.numel(), block_out, block_in,
+                            y.data_ptr(), dtype_of(y), y.size(1)};
+  TORCH_CHECK(cpu::bsmm_dense_sparse(p, torch_parallel_for), "sparsekern cpu: out of memory for scratch buffers");
+  return y;
+}
+
+Tensor bsmm_forward_cpu(const Tensor& x, const Tensor& weight, const std::optional<Tensor>& bias,
+                        const Tensor& row_ptr, const Tensor& col_idx, int64_t block_out, int64_t block_in,
+                        const std::optional<Tensor>& out) {
+  const at::Device dev(at::kCPU);
+  check_matrix(x, "x", dev);
+  check_matrix(weight, "weight", dev);
+  check_cpu_dtype(weight, "weight");
+  TORCH_CHECK(x.scalar_type() == weight.scalar_type(), "x must have weight's dtype ", weight.scalar_type(),
+              ", got ", x.scalar_type());
+  TORCH_CHECK(x.size(1) == weight.size(1), "x must have ", weight.size(1), " columns (weight's in_features), got ",
+              x.size(1));
+  if (bias.has_value()) {
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == weight.size(0), "bias must have shape (", weight.size(0),
+                ",), got ", bias->sizes());
+    TORCH_CHECK(bias->scalar_type() == weight.scalar_type() && bias->device() == dev,
+                "bias must match weight's dtype and device");
+  }
+  check_block_sides(block_out, block_in);
+  check_compressed(row_ptr, "row_ptr", col_idx, "col_idx", idx::num_blocks(weight.size(0), block_out),
+                   idx::num_blocks(weight.size(1), block_in));
+  return dense_sparse(x, weight, bias, row_ptr, col_idx, block_out, block_in, out);
+}
+
+Tensor bsmm_grad_input_cpu(const Tensor& grad_out, const Tensor& weight, const Tensor& col_ptr,
+                           const Tensor& row_idx, int64_t block_out, int64_t block_in,
+                           const std::optional<Tensor>& out) {
+  const at::Device dev(at::kCPU);
+  check_matrix(grad_out, "grad_out", dev);
+  check_matrix(weight, "weight", dev);
+  check_cpu_dtype(weight, "weight");
+  TORCH_CHECK(grad_out.scalar_type() == weight.scalar_type(), "grad_out must have weight's dtype ",
+              weight.scalar_type(), ", got ", grad_out.scalar_type());
+  TORCH_CHECK(grad_out.size(1) == weight.size(0), "grad_out must have ", weight.size(0),
+              " columns (weight's out_features), got ", grad_out.size(1));
+  check_block_sides(block_out, block_in);
+  check_compressed(col_ptr, "col_ptr", row_idx, "row_idx", idx::num_blocks(weight.size(1), block_in),
+                   idx::num_blocks(weight.size(0), block_out));
+  // The forward kernel on W.T: its block rows are W's block columns, walked by the transposed index.
+  return dense_sparse(grad_out, weight.t(), std::nullopt, col_ptr, row_idx, block_in, block_out, out);
+}
+
+Tensor bsmm_grad_weight_cpu(const Tensor& grad_out, const Tensor& x, const Tensor& block_row,
+                            const Tensor& col_idx, int64_t block_out, int64_t block_in,
+                            const std::optional<Tensor>& out) {
+  const at::Device dev(at::kCPU);
+  check_matrix(grad_out, "grad_out", dev);
+  check_matrix(x, "x", dev);
+  check_cpu_dtype(x, "x");
+  TORCH_CHECK(grad_out.scalar_type() == x.scalar_type(), "grad_out must have x's dtype ", x.scalar_type(),
+              ", got ", grad_out.scalar_type());
+  TORCH_CHECK(grad_out.size(0) == x.size(0), "grad_out and x must have the same number of rows, got ",
+              grad_out.size(0), " and ", x.size(0));
+  check_block_sides(block_out, block_in);
+  check_index_tensor(block_row, "block_row", dev);
+  check_index_tensor(col_idx, "col_idx", dev);
+  TORCH_CHECK(block_row.numel() == col_idx.numel(), "block_row and col_idx must have the same length, got ",
+              block_row.numel(), " and ", col_idx.numel());
+  const int64_t n = grad_out.size(1), k = x.size(1);
+  const int err = idx::check_coordinates(block_row.data_ptr<int32_t>(), col_idx.data_ptr<int32_t>(),
+                                         col_idx.numel(), idx::num_blocks(n, block_out),
+                                         idx::num_blocks(k, block_in));
+  TORCH_CHECK(err == idx::kIndexOk, "invalid block index (block_row, col_idx): ", idx::describe(err));
+  // The one [out, in] tensor; the kernels write all of it (zeros off the layout).
+  Tensor dw = output(out, {n, k}, x);
+  const Tensor dy32 = rows_fp32(grad_out), x32 = rows_fp32(x);
+  cpu::SampledProblem p{dy32.data_ptr<float>(), leading_dim(dy32), x32.data_ptr<float>(), leading_dim(x32),
+                        x.size(0), n, k, block_row.data_ptr<int32_t>(), col_idx.data_ptr<int32_t>(),
+                        col_idx.numel(), block_out, block_in, dw.data_ptr(), dtype_of(dw), k};
+  TORCH_CHECK(cpu::bsmm_sampled(p, torch_parallel_for), "sparsekern cpu: out of memory for scratch buffers");
+  return dw;
+}
+
+cpu::Isa parse_isa(const std::string& name) {
+  for (cpu::Isa isa : {cpu::Isa::kPortable, cpu::Isa::kAvx2, cpu::Isa::kAvx512})
+    if (name == cpu::isa_name(isa)) return isa;
+  TORCH_CHECK_VALUE(false, "isa must be one of 'portable', 'avx2', 'avx512', got '", name, "'");
+  return cpu::Isa::kPortable;  // unreachable
+}
+
+void register_cpu(pybind11::module_& m) {
+  m.def("bsmm_forward_cpu", &bsmm_forward_cpu, "y = x @ W.T + bias over active blocks (CPU)", pybind11::arg("x"),
+        pybind11::arg("weight"), pybind11::arg("bias"), pybind11::arg("row_ptr"), pybind11::arg("col_idx"),
+        pybind11::arg("block_out"), pybind11::arg("block_in"), pybind11::arg("out") = pybind11::none());
+  m.def("bsmm_grad_input_cpu", &bsmm_grad_input_cpu, "dx = grad_out @ W over active blocks (CPU)",
+        pybind11::arg("grad_out"), pybind11::arg("weight"), pybind11::arg("col_ptr"), pybind11::arg("row_idx"),
+        pybind11::arg("block_out"), pybind11::arg("block_in"), pybind11::arg("out") = pybind11::none());
+  m.def("bsmm_grad_weight_cpu", &bsmm_grad_weight_cpu, "dW = grad_out.T @ x on active blocks, zeros elsewhere (CPU)",
+        pybind11::arg("grad_out"), pybind11::arg("x"), pybind11::arg("block_row"), pybind11::arg("col_idx"),
+        pybind11::arg("block_out"), pybind11::arg("block_in"), pybind11::arg("out") = pybind11::none());
+  m.def("cpu_isa", [] { return std::string(cpu::isa_name(cpu::active_isa())); },
+        "The instruction set the CPU kernels use now: 'portable', 'avx2' or 'avx512'.");
+  m.def("cpu_best_isa", [] { return std::string(cpu::isa_name(cpu::best_isa())); },
+        "The best instruction set this CPU supports.");
+  m.def(
+      "set_cpu_isa",
+      [](const std::string& name) {
+        const std::string previous = cpu::isa_name(cpu::active_isa());
+        const cpu::Isa isa = parse_isa(name);
+        TORCH_CHECK_VALUE(cpu::set_active_isa(isa), "this CPU does not support isa '", name, "' (best: '",
+                          cpu::isa_name(cpu::best_isa()), "')");
+        return previous;
+      },
+      "Use the kernels compiled for `name` (never one this CPU lacks); returns the previous one.",
+      pybind11::arg("name"));
+}
+
+// ===================================================== top-k projection (CPU)
+// csrc/cpu/topk.h: a read-only select that returns a plan (an int64 tensor), then one
+// write pass applying it; sparsekern/projection/backends.py ("cpu") calls both.
+
+cpu::TopkDtype topk_dtype(const Tensor& weight) {
+  switch (weight.scalar_type()) {
+    case at::kFloat:
+      return cpu::kTopkF32;
+    case at::kHalf:
+      return cpu::kTopkF16;
+    case at::kBFloat16:
+      return cpu::kTopkBF16;
+    default:
+      TORCH_CHECK_TYPE(false, "weight must be float32, float16 or bfloat16 for the cpu projection, got ",
+                       weight.scalar_type());
+  }
+  return cpu::kTopkF32;  // unreachable
+}
+
+// The kernels walk row-major memory: contiguous CPU tensors only; forced is weight-shaped bool.
+const uint8_t* check_topk_args(const Tensor& weight, const std::optional<Tensor>& forced) {
+  const at::Device dev(at::kCPU);
+  check_matrix(weight, "weight", dev);
+  topk_dtype(weight);
+  TORCH_CHECK_VALUE(weight.numel() > 0, "weight must not be empty");
+  TORCH_CHECK_VALUE(weight.is_contiguous(), "weight must be contiguous");
+  if (!forced.has_value()) return nullptr;
+  TORCH_CHECK_TYPE(forced->scalar_type() == at::kBool, "forced must be bool, got ", forced->scalar_type());
+  TORCH_CHECK_VALUE(forced->sizes() == weight.sizes() && forced->device() == dev && forced->is_contiguous(),
+                    "forced must be a contiguous CPU tensor of weight's shape ", weight.sizes(), ", got ",
+                    forced->sizes());
+  return reinterpret_cast<const uint8_t*>(forced->data_ptr<bool>());
+}
+
+Tensor topk_select_cpu(const Tensor& weight, const std::optional<Tensor>& forced, int64_t k) {
+  const uint8_t* mask = check_topk_args(weight, forced);
+  TORCH_CHECK_VALUE(k >= 0 && k <= weight.numel(), "k must be in [0, ", weight.numel(), "], got ", k);
+  Tensor plan = at::empty({cpu::kTopkPlanLength}, weight.options().dtype(at::kLong));
+  const cpu::TopkStatus status = cpu::topk_select(weight.data_ptr(), topk_dtype(weight), weight.size(0),
+                                                  weight.size(1), mask, k, torch_parallel_for,
+                                                  plan.data_ptr<int64_t>());
+  TORCH_CHECK_VALUE(status != cpu::kTopkNonFinite, "weight must be finite, but it holds NaN or Inf");
+  TORCH_CHECK(status == cpu::kTopkOk, "topk_select_cpu: invalid arguments");
+  return plan;
+}
+
+std::tuple<int64_t, std::optional<Tensor>> topk_apply_cpu(const Tensor& weight, const std::optional<Tensor>& forced,
+                                                          const Tensor& plan, int64_t block_out, int64_t block_in) {
+  const uint8_t* mask = check_topk_args(weight, forced);
+  TORCH_CHECK_VALUE(plan.scalar_type() == at::kLong && plan.dim() == 1 && plan.numel() == cpu::kTopkPlanLength &&
+                        plan.device().is_cpu() && plan.is_contiguous(),
+                    "plan must be the int64 tensor topk_select_cpu returned");
+  TORCH_CHECK_VALUE((block_out == 0 && block_in == 0) || (block_out > 0 && block_in > 0),
+                    "block_out and block_in must both be 0 (no block counts) or both positive, got ", block_out,
+                    " and ", block_in);
+  std::optional<Tensor> counts;
+  if (block_out > 0)
+    counts = at::empty({idx::num_blocks(weight.size(0), block_out), idx::num_blocks(weight.size(1), block_in)},
+                       weight.options().dtype(at::kInt));
+  // The plan's chunk count is checked by topk_apply (it must match weight's rows).
+  const int64_t nnz = cpu::topk_apply(weight.data_ptr(), topk_dtype(weight), weight.size(0), weight.size(1), mask,
+                                      plan.data_ptr<int64_t>(), block_out, block_in,
+                                      counts ? counts->data_ptr<int32_t>() : nullptr, torch_parallel_for);
+  TORCH_CHECK_VALUE(nnz >= 0, "plan does not fit weight (was it made by topk_select_cpu for this weight?)");
+  return {nnz, counts};
+}
+
+std::tuple<Tensor, int64_t, int64_t> topk_floors_cpu(const Tensor& weight, int64_t min_per_row,
+                                                     int64_t min_per_col) {
+  check_topk_args(weight, std::nullopt);
+  TORCH_CHECK_VALUE(min_per_row >= 0 && min_per_row <= weight.size(1), "min_per_row must be in [0, ",
+                    weight.size(1), "], got ", min_per_row);
+  TORCH_CHECK_VALUE(min_per_col >= 0 && min_per_col <= weight.size(0), "min_per_col must be in [0, ",
+                    weight.size(0), "], got ", min_per_col);
+  Tensor mask = at::empty(weight.sizes(), weight.options().dtype(at::kBool));
+  int64_t count = 0;
+  uint32_t min_key = 0xffffffffu;
+  const cpu::TopkStatus status = cpu::topk_floors(
+      weight.data_ptr(), topk_dtype(weight), weight.size(0), weight.size(1), min_per_row, min_per_col,
+      torch_parallel_for, reinterpret_cast<uint8_t*>(mask.data_ptr<bool>()), &count, &min_key);
+  TORCH_CHECK_VALUE(status != cpu::kTopkNonFinite, "weight must be finite, but it holds NaN or Inf");
+  TORCH_CHECK(status == cpu::kTopkOk, "topk_floors_cpu: invalid arguments");
+  return {mask, count, static_cast<int64_t>(min_key)};
+}
+
+void register_projection_cpu(pybind11::module_& m) {
+  m.def("topk_floors_cpu", &topk_floors_cpu,
+        "Floor set of the top-k projection: (bool mask, its size, its smallest |weight| key)",
+        pybind11::arg("weight"), pybind11::arg("min_per_row"), pybind11::arg("min_per_col"));
+  m.def("topk_select_cpu", &topk_select_cpu,
+        "Plan of the exact top-k |weight| projection (read-only; floors in `forced` kept first)",
+        pybind11::arg("weight"), pybind11::arg("forced"), pybind11::arg("k"));
+  m.def("topk_apply_cpu", &topk_apply_cpu,
+        "Apply a topk_select_cpu plan in place: (nonzeros left, per-block nonzeros or None)",
+        pybind11::arg("weight"), pybind11::arg("forced"), pybind11::arg("plan"), pybind11::arg("block_out"),
+        pybind11::arg("block_in"));
+}
+
+// ================================================================ CUDA section
+// Built only when setup.py compiles csrc/cuda (torch with CUDA, nvcc found, SPARSEKERN_SKIP_CUDA
+// unset): it defines SPARSEKERN_WITH_CUDA. Index *contents* are not checked here (that would
+// copy them to the host and synchronize); the kernels clamp every index read and never
+// touch memory outside the tensors, whatever the index holds.
+#ifdef SPARSEKERN_WITH_CUDA
+
+namespace sk_cuda = sparsekern::cuda;
+
+sk_cuda::DType cuda_dtype(const Tensor& t, const char* name) {
+  switch (t.scalar_type()) {
+    case at::kFloat:
+      return sk_cuda::DType::kFloat32;
+    case at::kHalf:
+      return sk_cuda::DType::kFloat16;
+    case at::kBFloat16:
+      return sk_cuda::DType::kBFloat16;
+    default:
+      TORCH_CHECK_TYPE(false, name, " must be float32, float16 or bfloat16 for the cuda backend, got ",
+                       t.scalar_type());
+  }
+  return sk_cuda::DType::kFloat32;  // unreachable
+}
+
+// A CUDA matrix on `device` (the first operand's: every tensor of a call on the same GPU).
+void check_cuda_matrix(const Tensor& t, const char* name, const at::Device& device) {
+  TORCH_CHECK(t.is_cuda(), name, " must be a CUDA tensor for the cuda backend, got ", t.device());
+  check_matrix(t, name, device);
+}
+
+void check_same_dtype(const Tensor& t, const char* name, const Tensor& ref, const char* ref_name) {
+  TORCH_CHECK_TYPE(t.scalar_type() == ref.scalar_type(), name, " must have ", ref_name, "'s dtype ",
+                   ref.scalar_type(), ", got ", t.scalar_type());
+}
+
+void check_launch(cudaError_t err, const char* what) {
+  TORCH_CHECK(err == cudaSuccess, "sparsekern cuda: ", what, " failed: ", cudaGetErrorString(err));
+}
+
+// out[M, N] = a[M, K] @ B (+ bias), B(k, n) = b[k * sbk + n * sbn] block-sparse (see bsmm_cuda.h).
+Tensor dense_sparse_cuda(const Tensor& a, const Tensor& b_base, int64_t sbk, int64_t sbn, int64_t n,
+                         const std::optional<Tensor>& bias, const Tensor& ptr, const Tensor& ind, int64_t block_k,
+                         int64_t block_n, bool allow_tf32, const std::optional<Tensor>& out_arg, const char* what) {
+  const c10::cuda::CUDAGuard guard(a.device());
+  Tensor out = output(out_arg, {a.size(0), n}, a);  // every element is written by the kernel
+  sk_cuda::FwdArgs args{};
+  args.a = a.data_ptr();
+  args.b = b_base.data_ptr();
+  args.bias = bias.has_value() ? bias->data_ptr() : nullptr;
+  args.out = out.data_ptr();
+  args.ptr = ptr.data_ptr<int32_t>();
+  args.idx = ind.data_ptr<int32_t>();
+  args.nnz = ind.numel();
+  args.M = a.size(0);
+  args.K = a.size(1);
+  args.N = n;
+  args.sam = a.stride(0);
+  args.sak = a.stride(1);
+  args.sbk = sbk;
+  args.sbn = sbn;
+  args.som = out.stride(0);
+  args.son = out.stride(1);
+  args.sbias = bias.has_value() ? bias->stride(0) : 0;
+  args.block_k = static_cast<int>(block_k);
+  args.block_n = static_cast<int>(block_n);
+  args.dtype = cuda_dtype(a, "x");
+  args.allow_tf32 = allow_tf32;
+  check_launch(sk_cuda::bsmm_fwd(args, c10::cuda::getCurrentCUDAStream(a.device().index()).stream()), what);
+  return out;
+}
+
+Tensor bsmm_forward_cuda(const Tensor& x, const Tensor& weight, const std::optional<Tensor>& bias,
+                         const Tensor& row_ptr, const Tensor& col_idx, int64_t block_out, int64_t block_in,
+                         bool allow_tf32, const std::optional<Tensor>& out) {
+  TORCH_CHECK(x.is_cuda(), "x must be a CUDA tensor for the cuda backend, got ", x.device());
+  const at::Device dev = x.device();
+  check_cuda_matrix(x, "x", dev);
+  check_cuda_matrix(weight, "weight", dev);
+  cuda_dtype(weight, "weight");
+  check_same_dtype(x, "x", weight, "weight");
+  TORCH_CHECK(x.size(1) == weight.size(1), "x must have ", weight.size(1), " columns (weight's in_features), got ",
+              x.size(1));
+  if (bias.has_value()) {
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == weight.size(0), "bias must have shape (", weight.size(0),
+                ",), got ", bias->sizes());
+    TORCH_CHECK(bias->device() == dev, "bias must be on ", dev, ", got ", bias->device());
+    check_same_dtype(*bias, "bias", weight, "weight");
+  }
+  check_block_sides(block_out, block_in);
+  check_index_tensor(row_ptr, "row_ptr", dev);
+  check_index_tensor(col_idx, "col_idx", dev);
+  const int64_t n_block_rows = idx::num_blocks(weight.size(0), block_out);
+  TORCH_CHECK(row_ptr.numel() == n_block_rows + 1, "row_ptr must have ", n_block_rows + 1,
+              " entries (block rows + 1), got ", row_ptr.numel());
+  // B = weight.T: B(k, n) = weight[n, k].
+  return dense_sparse_cuda(x, weight, weight.stride(1), weight.stride(0), weight.size(0), bias, row_ptr, col_idx,
+                           block_in, block_out, allow_tf32, out, "bsmm_forward_cuda");
+}
+
+Tensor bsmm_grad_input_cuda(const Tensor& grad_out, const Tensor& weight, const Tensor& col_ptr,
+                            const Tensor& row_idx, int64_t block_out, int64_t block_in, bool allow_tf32,
+                            const std::optional<Tensor>& out) {
+  TORCH_CHECK(grad_out.is_cuda(), "grad_out must be a CUDA tensor for the cuda backend, got ", grad_out.device());
+  const at::Device dev = grad_out.device();
+  check_cuda_matrix(grad_out, "grad_out", dev);
+  check_cuda_matrix(weight, "weight", dev);
+  cuda_dtype(weight, "weight");
+  check_same_dtype(grad_out, "grad_out", weight, "weight");
+  TORCH_CHECK(grad_out.size(1) == weight.size(0), "grad_out must have ", weight.size(0),
+              " columns (weight's out_features), got ", grad_out.size(1));
+  check_block_sides(block_out, block_in);
+  check_index_tensor(col_ptr, "col_ptr", dev);
+  check_index_tensor(row_idx, "row_idx", dev);
+  const int64_t n_block_cols = idx::num_blocks(weight.size(1), block_in);
+  TORCH_CHECK(col_ptr.numel() == n_block_cols + 1, "col_ptr must have ", n_block_cols + 1,
+              " entries (block columns + 1), got ", col_ptr.numel());
+  // The forward kernel again, walking the transposed index over the untransposed weight:
+  // B = weight, B(k, n) = weight[k, n], blocks block_out (k) x block_in (n).
+  return dense_sparse_cuda(grad_out, weight, weight.stride(0), weight.stride(1), weight.size(1), std::nullopt,
+                           col_ptr, row_idx, block_out, block_in, allow_tf32, out, "bsmm_grad_input_cuda");
+}
+
+Tensor bsmm_grad_weight_cuda(const Tensor& grad_out, const Tensor& x, const Tensor& block_row,
+                             const Tensor& col_idx, int64_t block_out, int64_t block_in, bool allow_tf32,
+                             const std::optional<Tensor>& out) {
+  TORCH_CHECK(x.is_cuda(), "x must be a CUDA tensor for the cuda backend, got ", x.device());
+  const at::Device dev = x.device();
+  check_cuda_matrix(grad_out, "grad_out", dev);
+  check_cuda_matrix(x, "x", dev);
+  const sk_cuda::DType dtype = cuda_dtype(x, "x");
+  check_same_dtype(grad_out, "grad_out", x, "x");
+  TORCH_CHECK(grad_out.size(0) == x.size(0), "grad_out and x must have the same number of rows, got ",
+              grad_out.size(0), " and ", x.size(0));
+  check_block_sides(block_out, block_in);
+  check_index_tensor(block_row, "block_row", dev);
+  check_index_tensor(col_idx, "col_idx", dev);
+  TORCH_CHECK(block_row.numel() == col_idx.numel(), "block_row and col_idx must have the same length, got ",
+              block_row.numel(), " and ", col_idx.numel());
+  const c10::cuda::CUDAGuard guard(dev);
+  const int64_t m = x.size(0), n = grad_out.size(1), k = x.size(1), nnz = col_idx.numel();
+  Tensor dw = output(out, {n, k}, x);
+  dw.zero_();  // exact zeros off the layout; the kernel writes the active blocks
+  if (nnz == 0 || m == 0 || n == 0 || k == 0) return dw;
+  int num_sms = 0;
+  check_launch(cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, dev.index()),
+               "querying the multiprocessor count");
+  const int splits = sk_cuda::bsmm_dw_splits(nnz, m, static_cast<int>(block_out), static_cast<int>(block_in), num_sms);
+  // Few blocks: the batch is split over several CTAs per block, whose partial sums are added
+  // atomically, in fp32.
+  Tensor target = (splits > 1 && x.scalar_type() != at::kFloat) ? at::zeros({n, k}, x.options().dtype(at::kFloat))
+                                                                 : dw;
+  sk_cuda::DwArgs args{};
+  args.g = grad_out.data_ptr();
+  args.x = x.data_ptr();
+  args.out = target.data_ptr();
+  args.block_row = block_row.data_ptr<int32_t>();
+  args.col_idx = col_idx.data_ptr<int32_t>();
+  args.nnz = nnz;
+  args.M = m;
+  args.N = n;
+  args.K = k;
+  args.sgm = grad_out.stride(0);
+  args.sgn = grad_out.stride(1);
+  args.sxm = x.stride(0);
+  args.sxk = x.stride(1);
+  args.swn = target.stride(0);
+  args.swk = target.stride(1);
+  args.block_out = static_cast<int>(block_out);
+  args.block_in = static_cast<int>(block_in);
+  args.dtype = dtype;
+  args.allow_tf32 = allow_tf32;
+  args.splits = splits;
+  check_launch(sk_cuda::bsmm_dw(args, c10::cuda::getCurrentCUDAStream(dev.index()).stream()),
+               "bsmm_grad_weight_cuda");
+  if (!target.is_same(dw)) dw.copy_(target);  // fp32 sums rounded once to the output dtype
+  return dw;
+}
+
+void register_cuda(pybind11::module_& m) {
+  m.def("bsmm_forward_cuda", &bsmm_forward_cuda, "y = x @ W.T + bias over active blocks (CUDA)", pybind11::arg("x"),
+        pybind11::arg("weight"), pybind11::arg("bias"), pybind11::arg("row_ptr"), pybind11::arg("col_idx"),
+        pybind11::arg("block_out"), pybind11::arg("block_in"), pybind11::arg("allow_tf32") = false, pybind11::arg("out") = pybind11::none());
+  m.def("bsmm_grad_input_cuda", &bsmm_grad_input_cuda, "dx = grad_out @ W over active blocks (CUDA)",
+        pybind11::arg("grad_out"), pybind11::arg("weight"), pybind11::arg("col_ptr"), pybind11::arg("row_idx"),
+        pybind11::arg("block_out"), pybind11::arg("block_in"), pybind11::arg("allow_tf32") = false, pybind11::arg("out") = pybind11::none());
+  m.def("bsmm_grad_weight_cuda", &bsmm_grad_weight_cuda,
+        "dW = grad_out.T @ x on active blocks, zeros elsewhere (CUDA)", pybind11::arg("grad_out"), pybind11::arg("x"),
+        pybind11::arg("block_row"), pybind11::arg("col_idx"), pybind11::arg("block_out"), pybind11::arg("block_in"),
+        pybind11::arg("allow_tf32") = false, pybind11::arg("out") = pybind11::none());
+}
+
+#endif  // SPARSEKERN_WITH_CUDA
+
+}  // namespace
+
+// ===================================================================== module
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "sparsekern compiled kernels";
+  std::string built_with = "torch " SK_TORCH_VERSION ", CPU kernels (portable/AVX2/AVX-512, chosen at run time)";
+  register_cpu(m);
+  register_projection_cpu(m);
+#ifdef SPARSEKERN_WITH_CUDA
+  register_cuda(m);
+  built_with += ", CUDA kernels (CUDA runtime " + std::to_string(CUDART_VERSION) + ", archs " +
+                SK_STRINGIFY(SPARSEKERN_CUDA_ARCHS) + ")";
+#endif
+  m.attr("built_with") = built_with;
+}

@@ -1,0 +1,249 @@
+// Launchers of the CPU kernels: the run-time choice of instruction set, the O(nnz) index
+// preparation and the scratch memory, then one of the per-ISA kernel units.
+#include "bsmm_cpu.h"
+
+#include <algorithm>
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <vector>
+
+#include "../common/block_index.h"
+
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+#include <stdlib.h>
+
+#define SK_DECLARE_KERNELS(ns)                                                                       \
+  namespace sparsekern {                                                                             \
+  namespace cpu {                                                                                    \
+  namespace ns {                                                                                     \
+  bool dense_sparse(const DenseSparseProblem& p, ParallelFor parallel_for, const int32_t* outer,    \
+                    const int64_t* panel_offset, float* panels, int64_t br0, int64_t br1);           \
+  bool sampled(const SampledProblem& p, ParallelFor parallel_for, float* dy_panels, float* x_panels,  \
+               int64_t chunk_rows);                                                                  \
+  }                                                                                                  \
+  }                                                                                                  \
+  }
+SK_DECLARE_KERNELS(portable)
+SK_DECLARE_KERNELS(avx2)
+SK_DECLARE_KERNELS(avx512)
+#undef SK_DECLARE_KERNELS
+
+#if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
+#define SK_X86 1
+#endif
+
+namespace sparsekern {
+namespace cpu {
+namespace {
+
+bool cpu_has(Isa isa) {
+  switch (isa) {
+    case Isa::kPortable: return true;
+#ifdef SK_X86
+    case Isa::kAvx2:
+      __builtin_cpu_init();
+      return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    case Isa::kAvx512:
+      __builtin_cpu_init();
+      return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#endif
+    default: return false;
+  }
+}
+
+// SPARSEKERN_CPU_ISA=portable|avx2|avx512 caps the choice (never above what the CPU has).
+Isa initial_isa() {
+  Isa isa = best_isa();
+  if (const char* env = std::getenv("SPARSEKERN_CPU_ISA")) {
+    for (Isa cap : {Isa::kPortable, Isa::kAvx2, Isa::kAvx512})
+      if (std::strcmp(env, isa_name(cap)) == 0 && static_cast<int>(cap) < static_cast<int>(isa)) isa = cap;
+  }
+  return isa;
+}
+
+std::atomic<int> g_isa{-1};
+
+// Packed weight panels held at once (floats): 8 MiB.
+constexpr int64_t PANEL_BUDGET = int64_t{2} << 20;
+// Packed dy and x panels of the weight gradient, per chunk of M (floats): 16 MiB.
+constexpr int64_t PACKED_CHUNK = int64_t{4} << 20;
+
+struct FreeDeleter {
+  void operator()(float* p) const { std::free(p); }
+};
+
+// Scratch of `floats` floats, uninitialised; large ones on 2 MiB boundaries with transparent
+// huge pages requested (a fresh 64 MiB buffer otherwise costs 16k page faults per call).
+std::unique_ptr<float, FreeDeleter> scratch(int64_t floats) {
+  const size_t bytes = static_cast<size_t>(floats > 0 ? floats : 1) * sizeof(float);
+  constexpr size_t kHuge = size_t{2} << 20;
+  void* p = nullptr;
+  if (bytes >= 2 * kHuge) {
+    const size_t rounded = (bytes + kHuge - 1) / kHuge * kHuge;
+    if (posix_memalign(&p, kHuge, rounded) != 0) return nullptr;
+#ifdef MADV_HUGEPAGE
+    madvise(p, rounded, MADV_HUGEPAGE);
+#endif
+  } else if (posix_memalign(&p, 64, bytes) != 0) {
+    return nullptr;
+  }
+  return std::unique_ptr<float, FreeDeleter>(static_cast<float*>(p));
+}
+
+}  // namespace
+
+void* alloc_output(int64_t bytes) { return scratch((bytes + 3) / 4).release(); }
+
+void free_output(void* p) { std::free(p); }
+
+const char* isa_name(Isa isa) {
+  switch (isa) {
+    case Isa::kPortable: return "portable";
+    case Isa::kAvx2: return "avx2";
+    case Isa::kAvx512: return "avx512";
+  }
+  return "unknown";
+}
+
+Isa best_isa() {
+  if (cpu_has(Isa::kAvx512)) return Isa::kAvx512;
+  if (cpu_has(Isa::kAvx2)) return Isa::kAvx2;
+  return Isa::kPortable;
+}
+
+Isa active_isa() {
+  int v = g_isa.load(std::memory_order_relaxed);
+  if (v < 0) {
+    v = static_cast<int>(initial_isa());
+    g_isa.store(v, std::memory_order_relaxed);
+  }
+  return static_cast<Isa>(v);
+}
+
+bool set_active_isa(Isa isa) {
+  if (!cpu_has(isa)) return false;
+  g_isa.store(static_cast<int>(isa), std::memory_order_relaxed);
+  return true;
+}
+
+bool bsmm_dense_sparse(const DenseSparseProblem& p, ParallelFor parallel_for) {
+  const int64_t nb_out = index::num_blocks(p.w.rows, p.block_out);
+  std::vector<int32_t> outer(p.nnz);
+  index::expand_pointers(p.ptr, nb_out, outer.data());
+  // Packed panels, one group of block rows at a time: a group holds at most PANEL_BUDGET floats
+  // and at most half the weight (or one block row), so scratch never reaches the weight's size.
+  const int64_t budget = std::min<int64_t>(PANEL_BUDGET, p.w.rows * p.w.cols / 2);
+  std::vector<int64_t> offset(p.nnz);
+  std::vector<int64_t> group_end;  // block row ending each group
+  int64_t largest = 0, total = 0;
+  for (int64_t br = 0; br < nb_out; ++br) {
+    int64_t row_floats = 0;
+    for (int64_t j = p.ptr[br]; j < p.ptr[br + 1]; ++j)
+      row_floats += index::block_extent(p.idx[j], p.block_in, p.w.cols) * p.block_out;
+    if (total > 0 && total + row_floats > budget) {
+      group_end.push_back(br);
+      largest = std::max(largest, total);
+      total = 0;
+    }
+    for (int64_t j = p.ptr[br]; j < p.ptr[br + 1]; ++j) {
+      offset[j] = total;
+      total += index::block_extent(p.idx[j], p.block_in, p.w.cols) * p.block_out;
+    }
+  }
+  group_end.push_back(nb_out);
+  largest = std::max(largest, total);
+  auto panels = scratch(largest);
+  if (!panels) return false;
+  const Isa isa = active_isa();
+  int64_t br0 = 0;
+  for (int64_t br1 : group_end) {
+    bool ok;
+    switch (isa) {
+      case Isa::kAvx512: ok = avx512::dense_sparse(p, parallel_for, outer.data(), offset.data(), panels.get(), br0, br1); break;
+      case Isa::kAvx2: ok = avx2::dense_sparse(p, parallel_for, outer.data(), offset.data(), panels.get(), br0, br1); break;
+      default: ok = portable::dense_sparse(p, parallel_for, outer.data(), offset.data(), panels.get(), br0, br1); break;
+    }
+    if (!ok) return false;
+    br0 = br1;
+  }
+  return true;
+}
+
+namespace {
+
+struct ZeroFill {
+  const SampledProblem* p;
+  const uint8_t* active;  // [nb_rows, nb_cols] grid of active blocks
+  int64_t nb_cols;
+};
+
+// Zeros of dw outside the active blocks, one block row per task (the kernels write the rest).
+void zero_inactive(void* raw, int64_t br0, int64_t br1) {
+  const auto& z = *static_cast<const ZeroFill*>(raw);
+  const SampledProblem& p = *z.p;
+  const size_t elem = p.dw_dtype == DType::kFloat32 ? 4 : 2;
+  char* dw = static_cast<char*>(p.dw);
+  for (int64_t br = br0; br < br1; ++br) {
+    const int64_t r0 = index::block_start(br, p.block_out), rows = index::block_extent(br, p.block_out, p.n);
+    for (int64_t c = 0; c < z.nb_cols;) {
+      if (z.active[br * z.nb_cols + c]) {
+        ++c;
+        continue;
+      }
+      int64_t c1 = c;
+      while (c1 < z.nb_cols && !z.active[br * z.nb_cols + c1]) ++c1;  // a run of inactive blocks
+      const int64_t k0 = index::block_start(c, p.block_in);
+      const int64_t k1 = std::min(index::block_start(c1, p.block_in), p.k);
+      for (int64_t i = 0; i < rows; ++i)
+        std::memset(dw + ((r0 + i) * p.ldw + k0) * elem, 0, static_cast<size_t>(k1 - k0) * elem);
+      c = c1;
+    }
+  }
+}
+
+}  // namespace
+
+bool bsmm_sampled(const SampledProblem& p, ParallelFor parallel_for) {
+  const int64_t nb_rows = index::num_blocks(p.n, p.block_out), nb_cols = index::num_blocks(p.k, p.block_in);
+  std::vector<uint8_t> active(static_cast<size_t>(nb_rows * nb_cols), 0);
+  for (int64_t j = 0; j < p.nnz; ++j) active[p.block_row[j] * nb_cols + p.col_idx[j]] = 1;
+  ZeroFill z{&p, active.data(), nb_cols};
+  if (nb_rows > 0) parallel_for(nb_rows, zero_inactive, &z);
+  if (p.nnz == 0) return true;
+  // Column panels of dy and x for a chunk of rows of M: about PACKED_CHUNK floats, so they stay
+  // in the last-level cache; fp32 dw takes the chunks' sums in place. A bf16 dw would need an
+  // fp32 accumulator the size of the active blocks instead, so it takes all of M at once.
+  const int64_t width = nb_rows * p.block_out + nb_cols * p.block_in;
+  int64_t chunk_rows = p.m;
+  if (p.dw_dtype == DType::kFloat32) {
+    chunk_rows = std::max<int64_t>(128, PACKED_CHUNK / width / 128 * 128);
+    chunk_rows = std::min(chunk_rows, std::max<int64_t>(p.m, 1));
+  }
+  const int64_t rows = std::max<int64_t>(chunk_rows, 1);
+  const int64_t dy_floats = rows * nb_rows * p.block_out, x_floats = rows * nb_cols * p.block_in;
+  // Kept per calling thread between calls: a fresh buffer this size costs more in page
+  // faults and zeroing by the kernel than the packing itself. It only grows.
+  thread_local std::unique_ptr<float, FreeDeleter> cached;
+  thread_local int64_t cached_floats = 0;
+  if (cached_floats < dy_floats + x_floats) {
+    cached.reset();
+    cached_floats = 0;
+    cached = scratch(dy_floats + x_floats);
+    if (!cached) return false;
+    cached_floats = dy_floats + x_floats;
+  }
+  float* dy_panels = cached.get();
+  float* x_panels = dy_panels + dy_floats;
+  switch (active_isa()) {
+    case Isa::kAvx512: return avx512::sampled(p, parallel_for, dy_panels, x_panels, rows);
+    case Isa::kAvx2: return avx2::sampled(p, parallel_for, dy_panels, x_panels, rows);
+    default: return portable::sampled(p, parallel_for, dy_panels, x_panels, rows);
+  }
+}
+
+}  // namespace cpu
+}  // namespace sparsekern

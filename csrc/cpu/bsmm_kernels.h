@@ -1,0 +1,470 @@
+// The CPU kernels, written once and compiled once per instruction set: bsmm_portable.cpp,
+// bsmm_avx2.cpp and bsmm_avx512.cpp each define SK_KERNELS_NS (a namespace of their own)
+// and at most one of SK_KERNELS_AVX2 / SK_KERNELS_AVX512, then include this file.
+//
+// Everything here has internal linkage except the two entry points, and no C++ standard
+// library header is included: an inline function compiled for AVX-512 in one unit could
+// otherwise be merged by the linker into the portable unit and fault on an older CPU.
+#include <stdint.h>
+#include <stdlib.h>
+
+#include "../common/block_index.h"
+#include "bsmm_cpu.h"
+
+#if defined(SK_KERNELS_AVX512) || defined(SK_KERNELS_AVX2)
+#include <immintrin.h>
+#endif
+
+namespace sparsekern {
+namespace cpu {
+namespace SK_KERNELS_NS {
+
+// Both return false when scratch memory could not be allocated.
+// dense_sparse computes the block rows [br0, br1) of y; panel_offset[j] locates block j's panel
+// in `panels`, for the blocks of those rows.
+bool dense_sparse(const DenseSparseProblem& p, ParallelFor parallel_for, const int32_t* outer,
+                  const int64_t* panel_offset, float* panels, int64_t br0, int64_t br1);
+// sampled works through M in chunks of chunk_rows rows (one chunk unless dw is fp32, which
+// later chunks add to): it packs the chunk of dy and x into dy_panels [n_block_rows][rows]
+// [block_out] and x_panels [n_block_cols][rows][block_in] (scratch from the caller), then
+// computes every block over it.
+bool sampled(const SampledProblem& p, ParallelFor parallel_for, float* dy_panels, float* x_panels,
+             int64_t chunk_rows);
+
+namespace {
+
+using index::block_extent;
+
+// ------------------------------------------------------------------ vector type
+// VL lanes. Forward microtile: NV <= FWD_MAX_NV vectors wide (a wider panel of a 64-wide
+// block row no longer fits L1), FWD_ACC accumulators (FWD_MR1 rows when one vector wide).
+// Weight-gradient microtile: NV <= MAX_NV vectors, GW_ACC accumulators. Tuned on a
+// Sapphire Rapids core; AVX2 has 16 registers, hence the smaller tiles.
+#if defined(SK_KERNELS_AVX512)
+constexpr int VL = 16, MAX_NV = 4, FWD_MAX_NV = 2, FWD_ACC = 28, FWD_MR1 = 16, GW_ACC = 16;
+struct Vec { __m512 v; };
+inline Vec vzero() { return {_mm512_setzero_ps()}; }
+inline Vec vload(const float* p) { return {_mm512_loadu_ps(p)}; }
+inline Vec vbroadcast(const float* p) { return {_mm512_set1_ps(*p)}; }
+inline Vec vfma(Vec a, Vec b, Vec c) { return {_mm512_fmadd_ps(a.v, b.v, c.v)}; }
+inline Vec vadd(Vec a, Vec b) { return {_mm512_add_ps(a.v, b.v)}; }
+inline void vstore(float* p, Vec a) { _mm512_storeu_ps(p, a.v); }
+#elif defined(SK_KERNELS_AVX2)
+constexpr int VL = 8, MAX_NV = 2, FWD_MAX_NV = 2, FWD_ACC = 12, FWD_MR1 = 12, GW_ACC = 8;
+struct Vec { __m256 v; };
+inline Vec vzero() { return {_mm256_setzero_ps()}; }
+inline Vec vload(const float* p) { return {_mm256_loadu_ps(p)}; }
+inline Vec vbroadcast(const float* p) { return {_mm256_broadcast_ss(p)}; }
+inline Vec vfma(Vec a, Vec b, Vec c) { return {_mm256_fmadd_ps(a.v, b.v, c.v)}; }
+inline Vec vadd(Vec a, Vec b) { return {_mm256_add_ps(a.v, b.v)}; }
+inline void vstore(float* p, Vec a) { _mm256_storeu_ps(p, a.v); }
+#else
+// Portable: plain loops the compiler may vectorise for the baseline ISA.
+constexpr int VL = 8, MAX_NV = 2, FWD_MAX_NV = 2, FWD_ACC = 12, FWD_MR1 = 12, GW_ACC = 8;
+struct Vec { float v[VL]; };
+inline Vec vzero() { Vec r; for (int l = 0; l < VL; ++l) r.v[l] = 0.f; return r; }
+inline Vec vload(const float* p) { Vec r; for (int l = 0; l < VL; ++l) r.v[l] = p[l]; return r; }
+inline Vec vbroadcast(const float* p) { Vec r; for (int l = 0; l < VL; ++l) r.v[l] = *p; return r; }
+inline Vec vfma(Vec a, Vec b, Vec c) { for (int l = 0; l < VL; ++l) c.v[l] += a.v[l] * b.v[l]; return c; }
+inline Vec vadd(Vec a, Vec b) { for (int l = 0; l < VL; ++l) a.v[l] += b.v[l]; return a; }
+inline void vstore(float* p, Vec a) { for (int l = 0; l < VL; ++l) p[l] = a.v[l]; }
+#endif
+
+inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+
+// Panel width for a block side: NV vectors, at most max_nv, dividing the side.
+inline int vectors_for(int64_t side, int max_nv = MAX_NV) { return static_cast<int>(min64(side / VL, max_nv)); }
+
+// Rows of a forward microtile for NV vectors: FWD_ACC accumulators, fewer for one vector
+// (a broadcast per accumulator there, and the loads, not the FMAs, would bound it).
+constexpr int fwd_rows(int nv) { return nv == 1 ? FWD_MR1 : FWD_ACC / nv; }
+
+inline float bf16_to_float(uint16_t h) {
+  const uint32_t bits = static_cast<uint32_t>(h) << 16;
+  float f;
+  __builtin_memcpy(&f, &bits, sizeof f);
+  return f;
+}
+
+inline uint16_t float_to_bf16(float f) {  // round to nearest even, NaN kept quiet
+  uint32_t bits;
+  __builtin_memcpy(&bits, &f, sizeof bits);
+  if ((bits & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((bits >> 16) | 0x40u);
+  bits += 0x7fffu + ((bits >> 16) & 1u);
+  return static_cast<uint16_t>(bits >> 16);
+}
+
+inline float load_element(const StridedMatrix& w, int64_t offset) {
+  if (w.dtype == DType::kFloat32) return static_cast<const float*>(w.data)[offset];
+  return bf16_to_float(static_cast<const uint16_t*>(w.data)[offset]);
+}
+
+float* alloc_floats(int64_t n) {
+  const size_t bytes = ((static_cast<size_t>(n) * sizeof(float) + 63) / 64) * 64;
+  return static_cast<float*>(aligned_alloc(64, bytes > 0 ? bytes : 64));
+}
+
+// ============================================================ dense x sparse^T
+// y[m, n_out] = a[m, n_in] @ w.T over active blocks (forward, and input gradient on W.T).
+//
+// Each active block of w is packed once per call, transposed, into panels of NC = NV * VL
+// output columns: panel[chunk][k][NC], k over the block's columns inside w (edge columns are
+// not stored; edge rows are zero-padded), so the microkernel streams it with vector loads.
+// Rows of a are packed per tile of TILE_M rows into MR-row slivers [n_in][MR] (the tile stays
+// in L2 across all block rows), from which the microkernel broadcasts.
+
+struct DenseSparseContext {
+  const DenseSparseProblem* p;
+  const int32_t* outer;
+  const int64_t* offset;
+  float* panels;
+  int nv;
+  int64_t br0, n_rows, tile_m, n_tiles_m;  // block rows [br0, br0 + n_rows)
+  int64_t j0;                              // first block of those rows
+  int failed;  // set when a thread could not allocate its scratch
+};
+
+void pack_weight_blocks(void* raw, int64_t j0, int64_t j1) {
+  const auto& c = *static_cast<const DenseSparseContext*>(raw);
+  const auto& p = *c.p;
+  const StridedMatrix& w = p.w;
+  const int64_t bo = p.block_out, bi = p.block_in, nc = static_cast<int64_t>(c.nv) * VL;
+  const int64_t elem = w.dtype == DType::kFloat32 ? 4 : 2;
+  for (int64_t j = c.j0 + j0; j < c.j0 + j1; ++j) {
+    const int64_t o = c.outer[j], col = p.idx[j];
+    const int64_t ne = block_extent(o, bo, w.rows), ke = block_extent(col, bi, w.cols);
+    const int64_t base = o * bo * w.stride_row + col * bi * w.stride_col;
+    float* dst = c.panels + c.offset[j];
+    if (j + 1 < c.j0 + j1 && (w.stride_col == 1 || w.stride_row == 1)) {
+      // The next block's memory rows lie a row stride apart: ask for them while this one is copied.
+      const char* next = static_cast<const char*>(w.data) +
+                         (c.outer[j + 1] * bo * w.stride_row + p.idx[j + 1] * bi * w.stride_col) * elem;
+      const bool rows_are_n = w.stride_col == 1;
+      const int64_t lines = rows_are_n ? bo : bi, span = (rows_are_n ? bi : bo) * elem;
+      const int64_t stride = (rows_are_n ? w.stride_row : w.stride_col) * elem;
+      for (int64_t n = 0; n < lines; ++n)
+        for (int64_t b = 0; b < span; b += 64) __builtin_prefetch(next + n * stride + b, 0, 3);
+    }
+    if (w.stride_row <= w.stride_col) {
+      // w is a transposed view (the input gradient): walk memory order, k outer, n inner.
+      for (int64_t k = 0; k < ke; ++k) {
+        const int64_t src = base + k * w.stride_col;
+        for (int64_t n = 0; n < bo; ++n)
+          dst[((n / nc) * ke + k) * nc + (n % nc)] = n < ne ? load_element(w, src + n * w.stride_row) : 0.f;
+      }
+      continue;
+    }
+    for (int64_t n = 0; n < bo; ++n) {
+      float* d = dst + (n / nc) * ke * nc + (n % nc);
+      if (n < ne) {
+        const int64_t row = base + n * w.stride_row;
+        for (int64_t k = 0; k < ke; ++k) d[k * nc] = load_element(w, row + k * w.stride_col);
+      } else {
+        for (int64_t k = 0; k < ke; ++k) d[k * nc] = 0.f;
+      }
+    }
+  }
+}
+
+// Rows [0, rows) of a -> slivers of MR rows, [n_in][MR] each; missing rows are zeros.
+// Transposes VL columns at a time through a small buffer, so reads and writes stay sequential.
+template <int MR>
+void pack_rows(const float* a, int64_t lda, int64_t rows, int64_t n_in, float* dst) {
+  for (int64_t r0 = 0; r0 < rows; r0 += MR) {
+    float* sliver = dst + r0 * n_in;
+    const int live = static_cast<int>(min64(MR, rows - r0));
+    int64_t k0 = 0;
+    for (; k0 + VL <= n_in; k0 += VL) {
+      float buf[MR][VL];
+      for (int r = 0; r < MR; ++r) vstore(buf[r], r < live ? vload(a + (r0 + r) * lda + k0) : vzero());
+      float* d = sliver + k0 * MR;
+      for (int k = 0; k < VL; ++k)
+        for (int r = 0; r < MR; ++r) d[k * MR + r] = buf[r][k];
+    }
+    for (; k0 < n_in; ++k0)
+      for (int r = 0; r < MR; ++r) sliver[k0 * MR + r] = r < live ? a[(r0 + r) * lda + k0] : 0.f;
+  }
+}
+
+// acc[MR][NV] += sliver[MR rows] @ panels of blocks [jb, je) (chunk `chunk` of each).
+template <int MR, int NV>
+inline void dense_sparse_micro(const float* sliver, const int32_t* idx, int64_t jb, int64_t je, int64_t bi,
+                               int64_t n_in, const float* panels, const int64_t* offset, int64_t chunk,
+                               Vec (&acc)[MR][NV]) {
+  constexpr int NC = NV * VL;
+  for (int64_t j = jb; j < je; ++j) {
+    const int64_t col = idx[j];
+    const int64_t ke = block_extent(col, bi, n_in);
+    const float* w = panels + offset[j] + chunk * ke * NC;
+    const float* x = sliver + col * bi * MR;
+    // The next block's operands, a step ahead (its panel and sliver segment are elsewhere in
+    // memory; the hardware prefetcher would only start on them after a few misses).
+    const int64_t jn = j + 1 < je ? j + 1 : j;
+    const float* w_next = panels + offset[jn] + chunk * block_extent(idx[jn], bi, n_in) * NC;
+    const float* x_next = sliver + idx[jn] * bi * MR;
+    for (int64_t k = 0; k < ke; ++k) {
+      for (int v = 0; v < NV; ++v) __builtin_prefetch(w_next + k * NC + v * VL, 0, 3);
+      __builtin_prefetch(x_next + k * MR, 0, 3);
+      Vec wv[NV];
+      for (int v = 0; v < NV; ++v) wv[v] = vload(w + v * VL);
+      for (int r = 0; r < MR; ++r) {
+        const Vec xb = vbroadcast(x + r);
+        for (int v = 0; v < NV; ++v) acc[r][v] = vfma(xb, wv[v], acc[r][v]);
+      }
+      w += NC;
+      x += MR;
+    }
+  }
+}
+
+template <int NV>
+void dense_sparse_tiles(void* raw, int64_t t0, int64_t t1) {
+  constexpr int NC = NV * VL, MR = fwd_rows(NV);
+  const auto& c = *static_cast<const DenseSparseContext*>(raw);
+  const auto& p = *c.p;
+  const int64_t n_in = p.w.cols, n_out = p.w.rows, bo = p.block_out, bi = p.block_in;
+  float* tile = alloc_floats(c.tile_m * n_in);
+  if (tile == nullptr) {
+    __atomic_store_n(&const_cast<DenseSparseContext&>(c).failed, 1, __ATOMIC_RELAXED);
+    return;
+  }
+  int64_t packed = -1;
+  for (int64_t t = t0; t < t1; ++t) {
+    const int64_t mt = t / c.n_rows, br = c.br0 + t % c.n_rows;
+    const int64_t m0 = mt * c.tile_m, rows_tile = min64(c.tile_m, p.m - m0);
+    if (mt != packed) {
+      pack_rows<MR>(p.a + m0 * p.lda, p.lda, rows_tile, n_in, tile);
+      packed = mt;
+    }
+    const int64_t jb = p.ptr[br], je = p.ptr[br + 1];
+    const int64_t ne = block_extent(br, bo, n_out);
+    for (int64_t chunk = 0; chunk * NC < ne; ++chunk) {
+      const int64_t cols = min64(NC, ne - chunk * NC);
+      const float* bias = p.bias ? p.bias + br * bo + chunk * NC : nullptr;
+      for (int64_t r0 = 0; r0 < rows_tile; r0 += MR) {
+        Vec acc[MR][NV];
+        for (int r = 0; r < MR; ++r)
+          for (int v = 0; v < NV; ++v) acc[r][v] = vzero();
+        dense_sparse_micro<MR, NV>(tile + r0 * n_in, p.idx, jb, je, bi, n_in, c.panels, c.offset, chunk, acc);
+        const int64_t rows = min64(MR, rows_tile - r0);
+        const int64_t y0 = (m0 + r0) * p.ldy + br * bo + chunk * NC;
+        if (cols == NC && p.y_dtype == DType::kFloat32) {
+          float* y = static_cast<float*>(p.y) + y0;
+          if (bias) {
+            for (int v = 0; v < NV; ++v) {
+              const Vec b = vload(bias + v * VL);
+              for (int r = 0; r < MR; ++r) acc[r][v] = vadd(acc[r][v], b);
+            }
+          }
+          for (int64_t r = 0; r < rows; ++r)
+            for (int v = 0; v < NV; ++v) vstore(y + r * p.ldy + v * VL, acc[r][v]);
+        } else {  // a partial edge block (only `cols` columns exist), or bf16 output
+          float tmp[NC];
+          for (int64_t r = 0; r < rows; ++r) {
+            for (int v = 0; v < NV; ++v) vstore(tmp + v * VL, acc[r][v]);
+            if (bias)
+              for (int64_t q = 0; q < cols; ++q) tmp[q] += bias[q];
+            if (p.y_dtype == DType::kFloat32) {
+              float* y = static_cast<float*>(p.y) + y0 + r * p.ldy;
+              for (int64_t q = 0; q < cols; ++q) y[q] = tmp[q];
+            } else {
+              uint16_t* y = static_cast<uint16_t*>(p.y) + y0 + r * p.ldy;
+              for (int64_t q = 0; q < cols; ++q) y[q] = float_to_bf16(tmp[q]);
+            }
+          }
+        }
+      }
+    }
+  }
+  free(tile);
+}
+
+// ================================================================ sampled dy^T x
+// dw[block] = dy[:, block rows].T @ x[:, block cols] for each active block, a chunk of M at
+// a time (the chunk's panels stay in the last-level cache). dy and x are packed into column panels, dy_panels[r][m][bo] and
+// x_panels[c][m][bi] (zero-padded at the edges): a block's operands are then two contiguous
+// streams over M, where in place their rows lie a whole row stride apart (a TLB miss per row,
+// and no hardware prefetch). Then each block, over chunks of M_CHUNK rows (L1-resident),
+// accumulates its microtiles in registers, and across chunks in a per-thread fp32 buffer;
+// it is stored once, converted to dw's dtype. Runs of blocks of one block row go together so
+// that the dy panel is read from L2.
+
+constexpr int64_t M_CHUNK = 128;
+constexpr int64_t RUN = 8;  // blocks of one block row computed together
+
+struct SampledContext {
+  const SampledProblem* p;
+  float* dy_panels;
+  float* x_panels;
+  int nv;
+  int failed;
+  int64_t row0, rows;  // the chunk of M packed now
+  bool accumulate;     // add to dw (a later chunk) instead of storing
+};
+
+// Row m of src (extent columns, leading dim ld) -> panels[b][m][width] for every block b.
+inline void pack_row_into_panels(const float* src, int64_t extent, int64_t width, int64_t m, int64_t m_total,
+                                 float* panels) {
+  const int64_t full = extent / width;
+  for (int64_t b = 0; b < full; ++b) {
+    const float* s = src + b * width;
+    float* d = panels + (b * m_total + m) * width;
+    for (int64_t q = 0; q < width; q += VL) vstore(d + q, vload(s + q));
+  }
+  if (full * width < extent) {  // the partial edge block
+    const float* s = src + full * width;
+    float* d = panels + (full * m_total + m) * width;
+    const int64_t rest = extent - full * width;
+    for (int64_t q = 0; q < width; ++q) d[q] = q < rest ? s[q] : 0.f;
+  }
+}
+
+void pack_panels(void* raw, int64_t m0, int64_t m1) {
+  const auto& c = *static_cast<const SampledContext*>(raw);
+  const auto& p = *c.p;
+  for (int64_t m = m0; m < m1; ++m) {
+    pack_row_into_panels(p.dy + (c.row0 + m) * p.ldd, p.n, p.block_out, m, c.rows, c.dy_panels);
+    pack_row_into_panels(p.x + (c.row0 + m) * p.ldx, p.k, p.block_in, m, c.rows, c.x_panels);
+  }
+}
+
+// acc (+)= dy[0:mc, 0:MR].T @ x[0:mc, 0:NC] from packed rows, kept in buf (leading dim ldb).
+// `ahead`, when not null, is the next chunk to stream (ahead_ld floats per row): prefetched a
+// row per iteration, since the hardware prefetcher stops at every page of a new panel.
+template <int MR, int NV>
+inline void sampled_micro(const float* dy, int64_t ldd, const float* x, int64_t ldx, int64_t mc, float* buf,
+                          int64_t ldb, bool first, const float* ahead, int64_t ahead_ld) {
+  Vec acc[MR][NV];
+  for (int r = 0; r < MR; ++r)
+    for (int v = 0; v < NV; ++v) acc[r][v] = first ? vzero() : vload(buf + r * ldb + v * VL);
+  for (int64_t m = 0; m < mc; ++m) {
+    if (ahead) {
+      for (int64_t q = 0; q < ahead_ld; q += 16) __builtin_prefetch(ahead + q, 0, 3);
+      ahead += ahead_ld;
+    }
+    Vec xv[NV];
+    for (int v = 0; v < NV; ++v) xv[v] = vload(x + v * VL);
+    for (int r = 0; r < MR; ++r) {
+      const Vec d = vbroadcast(dy + r);
+      for (int v = 0; v < NV; ++v) acc[r][v] = vfma(d, xv[v], acc[r][v]);
+    }
+    dy += ldd;
+    x += ldx;
+  }
+  for (int r = 0; r < MR; ++r)
+    for (int v = 0; v < NV; ++v) vstore(buf + r * ldb + v * VL, acc[r][v]);
+}
+
+template <int NV>
+void sampled_blocks(void* raw, int64_t j0, int64_t j1) {
+  constexpr int NC = NV * VL, MR = GW_ACC / NV;
+  const auto& c = *static_cast<const SampledContext*>(raw);
+  const auto& p = *c.p;
+  const int64_t bo = p.block_out, bi = p.block_in;
+  float* acc = alloc_floats(RUN * bo * bi);
+  if (acc == nullptr) {
+    __atomic_store_n(&const_cast<SampledContext&>(c).failed, 1, __ATOMIC_RELAXED);
+    return;
+  }
+  for (int64_t ja = j0; ja < j1;) {
+    const int64_t br = p.block_row[ja];
+    int64_t jb = ja + 1;
+    while (jb < j1 && jb - ja < RUN && p.block_row[jb] == br) ++jb;
+    const int64_t ie = block_extent(br, bo, p.n);
+    const float* dy_panel = c.dy_panels + br * c.rows * bo;
+    if (c.rows == 0)
+      for (int64_t e = 0; e < (jb - ja) * bo * bi; ++e) acc[e] = 0.f;
+    for (int64_t m0 = 0; m0 < c.rows; m0 += M_CHUNK) {
+      const int64_t mc = min64(M_CHUNK, c.rows - m0);
+      for (int64_t j = ja; j < jb; ++j) {
+        const float* x_panel = c.x_panels + (p.col_idx[j] * c.rows + m0) * bi;
+        float* a = acc + (j - ja) * bo * bi;
+        // What streams next: the next block's x chunk, or the next chunk of this row's dy
+        // and of the run's first block (mc rows of the next chunk are at most mc rows).
+        const float* x_ahead = j + 1 < jb ? c.x_panels + (p.col_idx[j + 1] * c.rows + m0) * bi
+                               : m0 + M_CHUNK < c.rows ? c.x_panels + (p.col_idx[ja] * c.rows + m0 + M_CHUNK) * bi
+                                                    : nullptr;
+        const float* dy_ahead = j + 1 == jb && m0 + M_CHUNK < c.rows ? dy_panel + (m0 + M_CHUNK) * bo : nullptr;
+        for (int64_t i0 = 0; i0 < bo; i0 += MR) {
+          // The first microtile row prefetches the next x chunk, the second the next dy chunk.
+          const float* ahead = i0 == 0 ? x_ahead : i0 == MR ? dy_ahead : nullptr;
+          const int64_t ahead_ld = i0 == 0 ? bi : bo;
+          for (int64_t q0 = 0; q0 < bi; q0 += NC)
+            sampled_micro<MR, NV>(dy_panel + m0 * bo + i0, bo, x_panel + q0, bi, mc, a + i0 * bi + q0, bi, m0 == 0,
+                                  q0 == 0 ? ahead : nullptr, ahead_ld);
+        }
+      }
+    }
+    for (int64_t j = ja; j < jb; ++j) {
+      const int64_t bc = p.col_idx[j], ke = block_extent(bc, bi, p.k);
+      const float* a = acc + (j - ja) * bo * bi;
+      const int64_t out0 = br * bo * p.ldw + bc * bi;
+      if (p.dw_dtype == DType::kFloat32) {
+        float* dw = static_cast<float*>(p.dw) + out0;
+        if (c.accumulate) {
+          for (int64_t i = 0; i < ie; ++i)
+            for (int64_t q = 0; q < ke; ++q) dw[i * p.ldw + q] += a[i * bi + q];
+        } else {
+          for (int64_t i = 0; i < ie; ++i)
+            for (int64_t q = 0; q < ke; ++q) dw[i * p.ldw + q] = a[i * bi + q];
+        }
+      } else {  // bf16: always a single chunk (see the driver), so never accumulated
+        uint16_t* dw = static_cast<uint16_t*>(p.dw) + out0;
+        for (int64_t i = 0; i < ie; ++i)
+          for (int64_t q = 0; q < ke; ++q) dw[i * p.ldw + q] = float_to_bf16(a[i * bi + q]);
+      }
+    }
+    ja = jb;
+  }
+  free(acc);
+}
+
+}  // namespace
+
+// --------------------------------------------------------------- entry points
+bool dense_sparse(const DenseSparseProblem& p, ParallelFor parallel_for, const int32_t* outer,
+                  const int64_t* panel_offset, float* panels, int64_t br0, int64_t br1) {
+  DenseSparseContext c{&p, outer, panel_offset, panels, vectors_for(p.block_out, FWD_MAX_NV), br0, br1 - br0, 0, 0, 0, 0};
+  c.j0 = p.ptr[br0];
+  const int64_t n_blocks = p.ptr[br1] - c.j0;
+  if (n_blocks > 0) parallel_for(n_blocks, pack_weight_blocks, &c);
+  if (p.m == 0 || c.n_rows == 0) return true;
+  // A tile of rows of a fills about 1 MiB (L2-resident), in whole MR-row slivers.
+  const int mr = c.nv == 1 ? fwd_rows(1) : c.nv == 2 ? fwd_rows(2) : fwd_rows(FWD_MAX_NV);
+  const int64_t n_in = p.w.cols > 0 ? p.w.cols : 1;
+  int64_t slivers = (int64_t{1} << 20) / (n_in * 4 * mr);
+  slivers = slivers < 1 ? 1 : slivers;
+  const int64_t needed = index::ceil_div(p.m, mr);
+  c.tile_m = min64(slivers, needed) * mr;
+  c.n_tiles_m = index::ceil_div(p.m, c.tile_m);
+  const int64_t tasks = c.n_tiles_m * c.n_rows;
+  switch (c.nv) {
+    case 1: parallel_for(tasks, dense_sparse_tiles<1>, &c); break;
+    case 2: parallel_for(tasks, dense_sparse_tiles<2>, &c); break;
+    default: parallel_for(tasks, dense_sparse_tiles<FWD_MAX_NV>, &c); break;
+  }
+  return c.failed == 0;
+}
+
+bool sampled(const SampledProblem& p, ParallelFor parallel_for, float* dy_panels, float* x_panels,
+             int64_t chunk_rows) {
+  if (p.nnz == 0) return true;
+  SampledContext c{&p, dy_panels, x_panels, vectors_for(p.block_in), 0, 0, 0, false};
+  for (int64_t row0 = 0; row0 == 0 || row0 < p.m; row0 += chunk_rows) {
+    c.row0 = row0;
+    c.rows = min64(chunk_rows, p.m - row0);
+    c.accumulate = row0 > 0;
+    if (c.rows > 0) parallel_for(c.rows, pack_panels, &c);
+    switch (c.nv) {
+      case 1: parallel_for(p.nnz, sampled_blocks<1>, &c); break;
+      case 2: parallel_for(p.nnz, sampled_blocks<2>, &c); break;
+      default: parallel_for(p.nnz, sampled_blocks<MAX_NV>, &c); break;
+    }
+    if (c.failed) return false;
+  }
+  return true;
+}
+
+}  // namespace SK_KERNELS_NS
+}  // namespace cpu
+}  // namespace sparsekern

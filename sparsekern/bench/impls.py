@@ -1,0 +1,239 @@
+"""The implementations a case times, and the problem they all run on.
+
+* ``dense``: ``F.linear`` on the masked dense weight (cuBLAS on a GPU, MKL/oneDNN on a
+  CPU): the baseline every speedup is relative to.
+* ``sparsekern:<backend>``: ``block_sparse_linear`` with that backend forced, on a weight
+  holding NaN outside its active blocks (a backend that reads one shows it).
+* ``torch-bsr``: ``F.linear`` with the weight as ``to_sparse_bsr(block)``.
+* ``torch-csr``: ``torch.sparse.mm`` with the weight as ``to_sparse_csr()``.
+
+Before timing, each implementation runs the pass once and its results are checked
+against an fp64 reference of the same problem (``verified`` in every row); torch's
+sparse paths that are not implemented for a device, dtype or pass are reported as
+not available, with torch's reason, instead of timed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+
+import torch
+import torch.nn.functional as F
+
+from ..function import block_sparse_linear
+from ..layout import BlockLayout
+from .cases import DTYPES, Case
+
+PEERS = ("bsr", "csr")
+
+# Relative error floor (against the largest reference entry) by dtype; the bar is the
+# larger of this and twice dense F.linear's own error in that dtype on the same problem.
+REL_FLOOR = {torch.float32: 1e-5, torch.float16: 4e-3, torch.bfloat16: 3e-2}
+
+
+class NotAvailable(Exception):
+    """This implementation cannot run this case; the message says why."""
+
+
+@dataclasses.dataclass
+class Problem:
+    """One weight, its layout and a few input sets, with the fp64 reference of set 0."""
+
+    layout: BlockLayout
+    mask: torch.Tensor           # element mask of the weight
+    weight_poisoned: torch.Tensor  # NaN outside the active blocks
+    weight_masked: torch.Tensor    # zeros outside the active blocks
+    xs: list
+    grads: list
+    reference: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def nnz_elements(self) -> int:
+        return int(self.mask.sum())
+
+    def expected(self) -> dict:
+        if not self.reference:
+            x, g, w = self.xs[0].double(), self.grads[0].double(), self.weight_masked.double()
+            self.reference = {"y": F.linear(x, w), "dx": g @ w,
+                              "dw": torch.where(self.mask, g.t() @ x, 0)}
+        return self.reference
+
+
+def make_problem(case: Case, device: torch.device, n_sets: int, seed: int) -> Problem:
+    dtype = DTYPES[case.dtype]
+    shape = (case.shape.n, case.shape.k)
+    layout = BlockLayout.random(shape, case.block, case.density, generator=torch.Generator().manual_seed(seed),
+                                device=device)
+    mask = layout.to_mask()
+    gen = torch.Generator(device=device).manual_seed(seed)  # data drawn where it lives: fast for big GPU cases
+
+    def randn(*size, scale=1.0):
+        return (torch.randn(size, generator=gen, device=device) * scale).to(dtype)
+
+    w = randn(*shape)
+    xs = [randn(case.shape.m, case.shape.k, scale=case.shape.k ** -0.5) for _ in range(n_sets)]  # outputs ~ 1
+    grads = [randn(case.shape.m, case.shape.n) for _ in range(n_sets)]
+    return Problem(layout, mask, torch.where(mask, w, float("nan")), torch.where(mask, w, 0), xs, grads)
+
+
+def input_sets(case: Case, device: torch.device) -> int:
+    """How many input sets to rotate through so that, on a GPU, their operands outgrow L2."""
+    if device.type != "cuda":
+        return 2
+    itemsize = torch.empty((), dtype=DTYPES[case.dtype]).element_size()
+    per_set = (case.shape.m * (case.shape.k + case.shape.n)) * itemsize
+    l2 = getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 50 << 20)
+    return int(min(8, max(2, -(-2 * l2 // per_set))))
+
+
+# ------------------------------------------------------------------ implementations
+class Impl:
+    """How one implementation computes ``y = x W^T`` differentiably."""
+
+    name = ""
+    kind = ""  # "dense", "sparsekern" or "peer"
+    weight_grad_off_layout_zero = False  # its dW is exactly zero off the layout (checked)
+
+    def prepare(self, problem: Problem, case: Case):
+        """Per-problem state (converted weights); raises NotAvailable."""
+        raise NotImplementedError
+
+    def apply(self, state, x):
+        raise NotImplementedError
+
+    def weight_of(self, state):
+        """The leaf the weight gradient is taken for."""
+        return state
+
+    def dense_weight_grad(self, grad) -> torch.Tensor:
+        return grad
+
+
+class Dense(Impl):
+    name, kind = "dense", "dense"
+
+    def prepare(self, problem, case):
+        return problem.weight_masked.clone().requires_grad_()
+
+    def apply(self, state, x):
+        return F.linear(x, state)
+
+
+class Sparsekern(Impl):
+    kind = "sparsekern"
+    weight_grad_off_layout_zero = True
+
+    def __init__(self, backend: str):
+        self.backend = backend
+        self.name = backend
+
+    def prepare(self, problem, case):
+        from ..backends import get_backend
+
+        weight = problem.weight_poisoned
+        reasons = get_backend(self.backend).reasons(weight.device, weight.dtype, case.block)
+        if reasons:
+            raise NotAvailable("; ".join(reasons))
+        return weight.clone().requires_grad_(), problem.layout
+
+    def apply(self, state, x):
+        weight, layout = state
+        return block_sparse_linear(x, weight, layout, backend=self.backend)
+
+    def weight_of(self, state):
+        return state[0]
+
+
+class TorchBsr(Impl):
+    name, kind = "torch-bsr", "peer"
+
+    def prepare(self, problem, case):
+        n, k = problem.weight_masked.shape
+        bo, bi = case.block
+        if n % bo or k % bi:
+            raise NotAvailable(f"to_sparse_bsr needs the shape {n}x{k} to be a multiple of the block {bo}x{bi}")
+        with warnings.catch_warnings():  # "Sparse BSR tensor support is in beta state"
+            warnings.simplefilter("ignore", UserWarning)
+            return problem.weight_masked.to_sparse_bsr((bo, bi)).requires_grad_()
+
+    def apply(self, state, x):
+        return F.linear(x, state)
+
+    def dense_weight_grad(self, grad):
+        return grad.to_dense()
+
+
+class TorchCsr(Impl):
+    name, kind = "torch-csr", "peer"
+
+    def prepare(self, problem, case):
+        return problem.weight_masked.to_sparse_csr().requires_grad_()
+
+    def apply(self, state, x):
+        return torch.sparse.mm(state, x.t()).t()
+
+    def dense_weight_grad(self, grad):
+        return grad.to_dense()
+
+
+def implementations(backends: list[str], peers: list[str]) -> list[Impl]:
+    """Dense first (the baseline), then sparsekern's backends, then torch's sparse paths."""
+    impls: list[Impl] = [Dense()] + [Sparsekern(b) for b in backends]
+    impls += [{"bsr": TorchBsr, "csr": TorchCsr}[p]() for p in peers]
+    return impls
+
+
+# ------------------------------------------------------------------ passes
+def pass_callable(impl: Impl, state, problem: Problem, pass_: str):
+    """``fn(i)`` running ``pass_`` on input set ``i % n`` with ``impl``."""
+    n = len(problem.xs)
+    weight = impl.weight_of(state)
+    if pass_ == "forward":
+        def forward(i):
+            with torch.no_grad():
+                return impl.apply(state, problem.xs[i % n])
+        return forward
+
+    xs = [x.detach().clone().requires_grad_() for x in problem.xs]
+    if pass_ == "backward":
+        ys = [impl.apply(state, x) for x in xs]  # graphs kept; only the backward is timed
+
+        def backward(i):
+            j = i % n
+            return torch.autograd.grad(ys[j], (xs[j], weight), problem.grads[j], retain_graph=True)
+        return backward
+
+    def forward_backward(i):
+        j = i % n
+        y = impl.apply(state, xs[j])
+        return (y, *torch.autograd.grad(y, (xs[j], weight), problem.grads[j]))
+    return forward_backward
+
+
+def relative_errors(impl: Impl, problem: Problem, pass_: str, out) -> dict[str, float]:
+    """Each result's largest error, relative to the largest reference entry."""
+    expected = problem.expected()
+    if pass_ == "forward":
+        got = {"y": out}
+    elif pass_ == "backward":
+        got = {"dx": out[0], "dw": out[1]}
+    else:
+        got = {"y": out[0], "dx": out[1], "dw": out[2]}
+    errors = {}
+    for key, value in got.items():
+        value = value.detach()
+        if key == "dw":
+            value = impl.dense_weight_grad(value)
+            if not impl.weight_grad_off_layout_zero:  # dense computes dW everywhere: compare on the layout
+                value = torch.where(problem.mask, value, 0)
+        ref = expected[key]
+        scale = ref.abs().max().item() or 1.0
+        diff = (value.double() - ref).abs().max().item()
+        errors[key] = diff / scale if diff == diff else float("inf")  # NaN -> inf
+    return errors
+
+
+def tolerance(dtype: torch.dtype, dense_error: float | None) -> float:
+    floor = REL_FLOOR.get(dtype, 1e-10)
+    return max(floor, 2 * dense_error) if dense_error is not None else floor

@@ -1,0 +1,115 @@
+"""The projection pass: ``sparsekern.topk_project_`` against a plain-torch top-k.
+
+Granularity ``block`` keeps the ``k`` blocks of largest L2 norm; ``element`` (written
+block ``1x1`` in the tables) keeps the ``k`` entries of largest magnitude. Each
+backend's result is checked against the torch baseline (same entries kept, kept
+values untouched) before timing. The projection works in place, so every timed call
+gets the original weight back first, untimed.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..layout import count_for_density
+from ..module import block_norms, top_blocks
+from .cases import DTYPES, Case
+from .impls import NotAvailable
+
+ELEMENT = (1, 1)  # the block of a case that stands for element granularity
+
+
+def available() -> bool:
+    import sparsekern
+
+    return hasattr(sparsekern, "topk_project_")
+
+
+def granularity(case: Case) -> str:
+    return "element" if case.block == ELEMENT else "block"
+
+
+def keep_count(case: Case) -> int:
+    """``k`` for ``topk_project_``: entries kept (element) or blocks kept (block)."""
+    n, k = case.shape.n, case.shape.k
+    if case.block == ELEMENT:
+        return count_for_density(case.density, n * k)
+    bo, bi = case.block
+    return count_for_density(case.density, -(-n // bo) * -(-k // bi))
+
+
+def torch_topk_(weight: torch.Tensor, k: int, gran: str, block) -> torch.Tensor:
+    """The baseline: torch.topk on magnitudes (element) or block norms (block), then a masked fill."""
+    if gran == "element":
+        flat = weight.view(-1)
+        keep = torch.zeros(flat.numel(), dtype=torch.bool, device=weight.device)
+        keep[torch.topk(flat.abs(), k, sorted=False).indices] = True
+        flat.masked_fill_(~keep, 0)
+        return weight
+    bo, bi = block
+    blocks = top_blocks(block_norms(weight, block), k)
+    mask = blocks.repeat_interleave(bo, 0).repeat_interleave(bi, 1)[: weight.shape[0], : weight.shape[1]]
+    return weight.masked_fill_(~mask, 0)
+
+
+def callables(case: Case, device: torch.device, backends: list[str], seed: int):
+    """``[(name, kind, fn(i), setup(i), check())]``: the torch baseline first, then each backend.
+
+    ``check()`` runs the projection once on the original weight and returns the fraction
+    of entries whose kept/zeroed status or value differs from the baseline's (0 is right).
+    """
+    import sparsekern
+
+    gen = torch.Generator(device=device).manual_seed(seed)
+    original = torch.randn(case.shape.n, case.shape.k, generator=gen, device=device).to(DTYPES[case.dtype])
+    k, gran = keep_count(case), granularity(case)
+    expected = torch_topk_(original.clone(), k, gran, case.block)
+
+    def make(project):
+        work = original.clone()
+
+        def setup(i):
+            work.copy_(original)
+
+        def fn(i):
+            project(work)
+
+        def check():
+            setup(0)
+            fn(0)
+            same = (work == expected) | (work.isnan() & expected.isnan())
+            return 1.0 - same.float().mean().item()
+        return fn, setup, check
+
+    out = [("torch-topk", "baseline", *make(lambda w: torch_topk_(w, k, gran, case.block)))]
+    if gran == "block":  # block scores are a small grid: one code path whatever the backend
+        out.append(("sparsekern", "sparsekern", *make(
+            lambda w: sparsekern.topk_project_(w, k, granularity="block", block_size=case.block))))
+        return out
+    for name in backends:
+        def project(w, name=name):
+            sparsekern.topk_project_(w, k, granularity="element", backend=name)
+        out.append((name, "sparsekern", *make(project)))
+    return out
+
+
+def backend_names(named, device: torch.device, dtypes) -> list[str]:
+    """Projection backends to time: those in ``named`` it knows, or every automatic one that can run."""
+    try:
+        from ..projection.backends import REGISTRY
+    except ImportError:  # an older sparsekern: only topk_project_ itself
+        return list(named or ["reference"])
+    if named is not None:
+        return [n for n in named if n in REGISTRY.names()]
+    return [n for n in REGISTRY.names() if REGISTRY.get(n).automatic(device)
+            and any(not REGISTRY.get(n).reasons(device, d, None) for d in dtypes)]
+
+
+def probe(check) -> float:
+    """Run a check, turning a backend's refusal (it cannot run this dtype or device) into NotAvailable."""
+    from ..backends import BackendUnavailableError
+
+    try:
+        return check()
+    except BackendUnavailableError as err:
+        raise NotAvailable(" ".join(str(err).split())) from err

@@ -1,0 +1,127 @@
+"""Running a sweep: every case, every implementation that can run it, side by side."""
+
+from __future__ import annotations
+
+import torch
+
+from . import projection
+from .cases import DTYPES, Case, Sweep, useful_flops
+from .impls import NotAvailable, Problem, implementations, input_sets, make_problem, pass_callable
+from .impls import relative_errors, tolerance
+from .timing import time_interleaved
+
+
+def _base_row(case: Case, name: str, kind: str) -> dict:
+    bo, bi = case.block
+    return {"pass": case.pass_, "impl": name, "kind": kind, "dtype": case.dtype,
+            "m": case.shape.m, "n": case.shape.n, "k": case.shape.k,
+            "block": "element" if case.block == projection.ELEMENT else f"{bo}x{bi}",
+            "block_out": bo, "block_in": bi, "density": case.density,
+            "status": "ok", "note": "", "verified": False, "rel_error": None, "tolerance": None,
+            "time_ms": None, "min_ms": None, "max_ms": None, "samples": 0,
+            "tflops": None, "speedup": None, "ideal": None}
+
+
+def _finish(rows: list[dict], timings: dict, baseline: str, flops: int) -> None:
+    """Times, useful TFLOP/s and speedup over the baseline, for the rows that ran."""
+    base = timings.get(baseline, {}).get("median_s")
+    for row in rows:
+        t = timings.get(row["impl"])
+        if t is None:
+            continue
+        row.update(time_ms=t["median_s"] * 1e3, min_ms=t["min_s"] * 1e3, max_ms=t["max_s"] * 1e3,
+                   samples=t["samples"])
+        if flops:
+            row["tflops"] = flops / t["median_s"] / 1e12
+        if base:
+            row["speedup"] = base / t["median_s"]
+
+
+def run_linear_case(case: Case, backends, peers, device, repeats, warmup, seed, budget_s=None) -> list[dict]:
+    problem: Problem = make_problem(case, device, input_sets(case, device), seed)
+    layout = problem.layout
+    nnz_el = problem.nnz_elements
+    element_density = nnz_el / (case.shape.n * case.shape.k)
+    flops = useful_flops(case.pass_, case.shape.m, nnz_el)
+    dtype = DTYPES[case.dtype]
+    rows, fns, dense_error = [], {}, None
+    for impl in implementations(backends, peers):
+        row = _base_row(case, impl.name, impl.kind)
+        row.update(nnz_blocks=layout.nnz_blocks, block_density=layout.density, element_density=element_density,
+                   nnz_elements=nnz_el, useful_flops=flops,
+                   ideal=(1 / element_density) if element_density else None)
+        rows.append(row)
+        try:
+            state = impl.prepare(problem, case)
+            fn = pass_callable(impl, state, problem, case.pass_)
+            errors = relative_errors(impl, problem, case.pass_, fn(0))  # checked once, before timing
+        except NotAvailable as err:
+            row.update(status="n/a", note=str(err))
+            continue
+        except Exception as err:  # noqa: BLE001 -- one failing implementation must not end the sweep
+            # torch's sparse paths lack many devices, dtypes and passes: not available. A sparsekern
+            # backend (or dense) failing on a case it claims to support is a bug: ERROR, exit status 1.
+            status = "n/a" if impl.kind == "peer" else "ERROR"
+            row.update(status=status, note=f"{type(err).__name__}: {_first_line(err)}")
+            continue
+        worst = max(errors.values())
+        if impl.kind == "dense":
+            dense_error = worst
+        tol = tolerance(dtype, dense_error)
+        row.update(rel_error=worst, tolerance=tol, verified=worst <= tol)
+        if not row["verified"]:
+            row.update(status="WRONG", note=", ".join(f"{k} rel. error {v:.2e}" for k, v in errors.items()))
+            continue
+        fns[impl.name] = fn
+    timings = time_interleaved(fns, device, repeats=repeats, warmup=warmup, budget_s=budget_s) if fns else {}
+    _finish(rows, timings, "dense", flops)
+    return rows
+
+
+def run_projection_case(case: Case, backends, device, repeats, warmup, seed, budget_s=None) -> list[dict]:
+    rows, fns, setups = [], {}, {}
+    for name, kind, fn, setup, check in projection.callables(case, device, backends, seed):
+        row = _base_row(case, name, kind)
+        rows.append(row)
+        try:
+            mismatch = projection.probe(check)
+        except NotAvailable as err:  # a backend may not project this dtype or device; the baseline must
+            row.update(status="n/a" if kind != "baseline" else "ERROR", note=str(err))
+            continue
+        except Exception as err:  # noqa: BLE001 -- a failing backend is a bug to report, not the end
+            row.update(status="ERROR", note=f"{type(err).__name__}: {_first_line(err)}")
+            continue
+        row.update(rel_error=mismatch, tolerance=0.0, verified=mismatch == 0.0)
+        if not row["verified"]:
+            row.update(status="WRONG", note=f"{mismatch:.2%} of entries differ from torch's top-k")
+            continue
+        fns[name], setups[name] = fn, setup
+    timings = (time_interleaved(fns, device, repeats=repeats, warmup=warmup, setups=setups, budget_s=budget_s)
+               if fns else {})
+    _finish(rows, timings, "torch-topk", 0)
+    return rows
+
+
+def _first_line(err: BaseException) -> str:
+    text = " ".join(str(err).split())  # pybind11 and torch spread their messages over lines
+    return text[:300]
+
+
+def run_sweep(sweep: Sweep, *, backends, peers, projection_backends, device, seed=0, progress=True) -> list[dict]:
+    from tqdm import tqdm
+
+    rows = []
+    cases = sweep.cases()
+    with tqdm(cases, desc="sparsekern-bench", unit="case", disable=not progress, dynamic_ncols=True) as bar:
+        for i, case in enumerate(bar):
+            bar.set_postfix_str(f"{case.pass_} {case.dtype} {case.shape} {case.block[0]}x{case.block[1]} "
+                                f"d={case.density:g}")
+            if case.pass_ == "projection":
+                rows += run_projection_case(case, projection_backends, device, sweep.repeats, sweep.warmup,
+                                            seed + i, sweep.budget_s)
+            else:
+                rows += run_linear_case(case, backends, peers, device, sweep.repeats, sweep.warmup, seed + i,
+                                        sweep.budget_s)
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    return rows

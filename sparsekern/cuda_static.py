@@ -1,0 +1,132 @@
+"""Resource use of the CUDA C++ kernels (csrc/cuda), from ptxas, without a GPU.
+
+``static_report()`` compiles each kernel source for sm_80 and sm_90a (``nvcc -ptx``, then
+``ptxas -v``) and returns one row per kernel variant: registers, spill bytes, shared memory
+and the tensor-core instruction it uses. ``sparsekern-bench --static`` prints these rows and
+tests/test_cuda_build.py asserts on them (no spills; mma.sync where expected).
+
+Compiling takes about a minute on a small machine, so results are cached in the temporary
+directory, keyed by the sources, the compiler version and the flags. Nothing happens at import.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CUDA_DIR = ROOT / "csrc" / "cuda"
+# Kernel sources and the number of variants (entry points) each instantiates.
+SOURCES = {"bsmm_fwd.cu": 24, "bsmm_dw.cu": 12}
+ARCHS = {80: "sm_80", 90: "sm_90a"}
+# Same standard and optimisation level as the extension build (setup.py, torch's nvcc flags).
+NVCC_FLAGS = ("-std=c++20", "-O3")
+# Kernel template argument Mode (csrc/cuda/tile.cuh) as it appears in mangled names:
+# dtype, TF32, the tensor-core instruction, and what the PTX of such a kernel must contain.
+MODES = {
+    "0": ("bf16", False, "mma.sync m16n8k16",
+          ["mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32", "ldmatrix.sync.aligned.m8n8.x4"]),
+    "1": ("fp16", False, "mma.sync m16n8k16",
+          ["mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32", "ldmatrix.sync.aligned.m8n8.x4"]),
+    "2": ("fp32", True, "mma.sync m16n8k8 tf32",
+          ["mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32", "cvt.rna.tf32.f32"]),
+    "3": ("fp32", False, "none (fp32 FMA)", []),
+}
+
+
+def _unavailable(why: str) -> Exception:
+    # The bench's exception, so that `sparsekern-bench --static` reports the reason and goes on.
+    from .bench.static import Unavailable
+
+    return Unavailable(why)
+
+
+def nvcc() -> str | None:
+    return shutil.which("nvcc")
+
+
+def _ptxas() -> str:
+    return shutil.which("ptxas") or str(Path(nvcc()).with_name("ptxas"))
+
+
+def _cache_dir() -> Path:
+    digest = hashlib.sha256()
+    for path in sorted(CUDA_DIR.glob("*")) + sorted((ROOT / "csrc" / "common").glob("*")):
+        digest.update(path.name.encode() + path.read_bytes())
+    version = subprocess.run([nvcc(), "--version"], capture_output=True, text=True).stdout
+    digest.update(version.encode() + " ".join(NVCC_FLAGS).encode())
+    return Path(tempfile.gettempdir()) / f"sparsekern-cuda-static-{digest.hexdigest()[:16]}"
+
+
+def compile_source(source: str, arch: int) -> tuple[str, str]:
+    """(PTX, ptxas -v report) of one kernel source for one arch (80 or 90), cached."""
+    if nvcc() is None:
+        raise _unavailable("CUDA C++ kernels: nvcc not found")
+    if not (CUDA_DIR / source).is_file():
+        raise _unavailable(f"CUDA C++ kernels: {CUDA_DIR / source} not found (an installed wheel has no sources)")
+    cache = _cache_dir()
+    cache.mkdir(parents=True, exist_ok=True)
+    sm = ARCHS[arch]
+    ptx, report = cache / f"{source}.{sm}.ptx", cache / f"{source}.{sm}.ptxas"
+    if not report.is_file():
+        tmp_ptx = ptx.with_suffix(".ptx.tmp")
+        subprocess.run([nvcc(), *NVCC_FLAGS, f"-arch={sm.replace('sm_', 'compute_')}", "-ptx",
+                        str(CUDA_DIR / source), "-o", str(tmp_ptx)], check=True, capture_output=True, text=True)
+        done = subprocess.run([_ptxas(), f"-arch={sm}", "-v", str(tmp_ptx), "-o", "/dev/null"],
+                              check=True, capture_output=True, text=True)
+        tmp_ptx.replace(ptx)
+        report.write_text(done.stdout + done.stderr)
+    return ptx.read_text(), report.read_text()
+
+
+def parse_ptxas(report: str) -> list[dict]:
+    """Per entry point: mangled name, stack, spill stores/loads, registers, shared bytes."""
+    entries = []
+    for block in re.split(r"(?=ptxas info\s+: Compiling entry function)", report)[1:]:
+        name = re.search(r"Compiling entry function '(\S+)'", block).group(1)
+        stack, stores, loads = map(int, re.search(
+            r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads", block).groups())
+        registers = int(re.search(r"Used (\d+) registers", block).group(1))
+        shared = re.search(r"(\d+) bytes smem", block)
+        entries.append(dict(name=name, stack=stack, spill_stores=stores, spill_loads=loads,
+                            registers=registers, shared_bytes=int(shared.group(1)) if shared else 0))
+    return entries
+
+
+def describe(mangled: str) -> dict:
+    """Kernel, mode and tile of a mangled entry name of csrc/cuda."""
+    if "bsmm_fwd_kernel" in mangled:
+        m = re.search(r"ModeE(\d)ELi(\d+)ELb([01])E", mangled)
+        mode, tn, kcontig = m.group(1), int(m.group(2)), m.group(3) == "1"
+        kernel = "bsmm_fwd " + ("(forward: W k-contiguous)" if kcontig else "(input grad: W n-contiguous)")
+        return dict(kernel=kernel, mode=mode, tile=(64, tn))
+    m = re.search(r"bsmm_dw_kernelILNS0_4ModeE(\d)ELi(\d+)E", mangled)
+    return dict(kernel="bsmm_dw", mode=m.group(1), tile=(int(m.group(2)), int(m.group(2))))
+
+
+def ptx_bodies(ptx: str) -> dict[str, str]:
+    """Mangled entry name -> its PTX."""
+    bodies = re.split(r"\.visible \.entry ", ptx)[1:]
+    return {body.split("(", 1)[0]: body for body in bodies}
+
+
+def static_report() -> list[dict]:
+    """One row per kernel variant and arch, in the bench's static-report format; the tile
+    (CTA output tile, not the block: each block side maps onto tiles of at most 64) stands in
+    the block_size column."""
+    rows = []
+    for source in SOURCES:
+        for arch in ARCHS:
+            _, report = compile_source(source, arch)
+            for entry in parse_ptxas(report):
+                info = describe(entry["name"])
+                dtype, tf32, instruction, _ = MODES[info["mode"]]
+                rows.append(dict(kernel=info["kernel"], arch=arch, dtype=dtype, block_size=list(info["tile"]),
+                                 tf32=tf32, registers=entry["registers"],
+                                 spill_bytes=entry["spill_stores"] + entry["spill_loads"] + entry["stack"],
+                                 shared_bytes=entry["shared_bytes"], tensor_core=instruction))
+    return rows

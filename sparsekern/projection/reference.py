@@ -1,0 +1,93 @@
+"""Sort-based reference of the top-k projection: the oracle every fused backend is tested against.
+
+Exact by construction: one stable descending sort decides everything, so ties go to
+the lowest row-major index. Also the block-mode selection of every backend (block
+scores are a small ``[block rows, block cols]`` grid, not worth a kernel).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..layout import block_grid
+
+
+def _blocked(t: torch.Tensor, block_size, dtype) -> torch.Tensor:
+    """``t`` as ``[block rows, bo, block cols, bi]`` in ``dtype``, zero-padded only if the shape needs it."""
+    bo, bi = block_size
+    n_rows, n_cols = block_grid(tuple(t.shape), (bo, bi))
+    if (n_rows * bo, n_cols * bi) != tuple(t.shape):
+        padded = t.new_zeros((n_rows * bo, n_cols * bi), dtype=dtype)
+        padded[: t.shape[0], : t.shape[1]] = t
+        t = padded
+    return t.to(dtype).reshape(n_rows, bo, n_cols, bi)
+
+
+def block_norms(weight: torch.Tensor, block_size) -> torch.Tensor:
+    """L2 norm of every block of ``weight``: ``[block rows, block cols]`` (edge blocks partial), fp32."""
+    return torch.linalg.vector_norm(_blocked(weight.detach(), block_size, torch.float32), dim=(1, 3))
+
+
+def _top_along(scores: torch.Tensor, m: int, dim: int) -> torch.Tensor:
+    """Bool mask of the ``m`` largest scores of every row (``dim=1``) or column (``dim=0``)."""
+    keep = torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)
+    if m > 0:
+        order = torch.sort(scores, dim=dim, descending=True, stable=True).indices
+        keep.scatter_(dim, order.narrow(dim, 0, m), True)
+    return keep
+
+
+def floor_mask(scores: torch.Tensor, min_per_row: int = 0, min_per_col: int = 0) -> torch.Tensor:
+    """The floor set F: each row's ``min_per_row`` and each column's ``min_per_col`` largest
+    scores (ties: lowest index), as a bool mask."""
+    return _top_along(scores, min_per_row, 1) | _top_along(scores, min_per_col, 0)
+
+
+def keep_mask(scores: torch.Tensor, k: int, forced: torch.Tensor | None = None) -> torch.Tensor:
+    """Bool mask of the ``k`` entries kept from non-negative ``scores`` (2-D): every ``forced``
+    entry (the caller checks there are at most ``k``), then the largest of the rest, ties to
+    the lowest row-major index."""
+    ranked = scores.to(torch.float64)
+    if forced is not None:  # floor entries rank above every score
+        ranked = torch.where(forced, torch.inf, ranked)
+    order = torch.sort(ranked.flatten(), descending=True, stable=True).indices
+    keep = torch.zeros(scores.numel(), dtype=torch.bool, device=scores.device)
+    keep[order[:k]] = True
+    return keep.view(scores.shape)
+
+
+def check_floor_count(n_forced: int, k: int, min_per_row: int, min_per_col: int, unit: str = "entries") -> None:
+    if n_forced > k:
+        raise ValueError(
+            f"k={k} is smaller than the {n_forced} {unit} the floors min_per_row={min_per_row}, "
+            f"min_per_col={min_per_col} keep"
+        )
+
+
+def topk_keep_mask(scores: torch.Tensor, k: int, min_per_row: int = 0, min_per_col: int = 0,
+                   unit: str = "entries") -> torch.Tensor:
+    """Bool mask of the ``k`` entries kept from non-negative ``scores`` (2-D).
+
+    First the floor set F (see ``floor_mask``); then the largest remaining scores
+    until ``k`` are kept, ties to the lowest row-major index. Raises ValueError when
+    ``|F| > k``.
+    """
+    forced = floor_mask(scores, min_per_row, min_per_col)
+    check_floor_count(int(forced.sum()), k, min_per_row, min_per_col, unit)
+    return keep_mask(scores, k, forced)
+
+
+def expand_blocks(block_mask: torch.Tensor, block_size, shape) -> torch.Tensor:
+    """``[block rows, block cols]`` -> the element mask of ``shape`` (edge blocks clipped)."""
+    bo, bi = block_size
+    return block_mask.repeat_interleave(bo, 0).repeat_interleave(bi, 1)[: shape[0], : shape[1]]
+
+
+def block_counts(weight: torch.Tensor, block_size) -> torch.Tensor:
+    """Nonzeros in every block of ``weight``: ``[block rows, block cols]`` int32."""
+    return _blocked(weight != 0, block_size, torch.bool).sum(dim=(1, 3), dtype=torch.int32)
+
+
+def top_blocks(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Bool mask of the ``k`` largest scores; ties go to the lowest row-major index."""
+    return topk_keep_mask(scores, k)

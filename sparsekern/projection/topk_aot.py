@@ -1,0 +1,83 @@
+"""Ahead-of-time compilation of the top-k projection kernels for sm_80 and sm_90, without a GPU.
+
+The same method as ``sparsekern.triton.aot`` (whose ptxas helper it reuses): every kernel,
+for each dtype, with and without a floor mask, compiled with ``triton.compile`` for a
+``GPUTarget``; ``ptxas -v`` gives registers and spills. Cannot run under
+``TRITON_INTERPRET=1``: ``report_in_subprocess`` runs ``python -m sparsekern.projection.topk_aot``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import torch
+
+from ..triton.aot import ARCHS, _ptxas_usage
+from ..triton.config import TRITON_DTYPES
+
+_POINTERS = {"hist_ptr": "*i32", "ties_ptr": "*i32", "counts_ptr": "*i32", "state_ptr": "*i64",
+             "ties_before_ptr": "*i64", "nnz_ptr": "*i64", "forced_ptr": "*i1"}
+
+
+def _kernels():
+    from .topk_kernels import _topk_apply_kernel, _topk_hist_kernel, _topk_pick_kernel, _topk_ties_kernel
+
+    return {
+        "topk_hist": (_topk_hist_kernel, dict(SHIFT=8, FIRST=False)),
+        "topk_pick": (_topk_pick_kernel, {}),
+        "topk_ties": (_topk_ties_kernel, {}),
+        "topk_apply": (_topk_apply_kernel, dict(COUNT_BLOCKS=True, BLOCK_OUT=32, BLOCK_IN=32)),
+    }
+
+
+def compile_kernel(name: str, arch: int, dtype: torch.dtype, has_forced: bool) -> dict:
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    fn, extra = _kernels()[name]
+    constexprs = dict(extra)
+    names = fn.arg_names
+    if "HAS_FORCED" in names:
+        constexprs.update(HAS_FORCED=has_forced, KEY_BITS=32 if dtype == torch.float32 else 16, BLOCK_C=1024)
+    signature, attrs = {}, {}
+    for i, arg in enumerate(names):
+        if arg in constexprs:
+            signature[arg] = "constexpr"
+        elif arg == "stride_c":  # contiguous rows, as the JIT specialises them
+            signature[arg] = "constexpr"
+            constexprs[arg] = 1
+        elif arg.endswith("_ptr"):
+            signature[arg] = _POINTERS.get(arg, f"*{TRITON_DTYPES[dtype]}")
+            attrs[(i,)] = [["tt.divisibility", 16]]
+        else:
+            signature[arg] = "i32"
+    compiled = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs),
+                              target=GPUTarget("cuda", arch, 32), options={"num_warps": 4})
+    registers, spills = _ptxas_usage(compiled.asm["ptx"], arch)
+    return dict(kernel=name, arch=arch, dtype=TRITON_DTYPES[dtype], has_forced=has_forced,
+                registers=registers, spill_bytes=spills)
+
+
+def default_cases():
+    for arch in ARCHS:
+        for dtype in (torch.float32, torch.float16, torch.bfloat16):
+            for name in _kernels():
+                for has_forced in ((False, True) if name != "topk_pick" else (False,)):
+                    yield name, arch, dtype, has_forced
+
+
+def report_in_subprocess(timeout: float = 900) -> list[dict]:
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = subprocess.run([sys.executable, "-m", "sparsekern.projection.topk_aot"], env=env, capture_output=True,
+                         text=True, timeout=timeout)
+    if out.returncode != 0:
+        raise RuntimeError(f"ahead-of-time compilation failed:\n{out.stderr[-4000:]}")
+    return json.loads(out.stdout)
+
+
+if __name__ == "__main__":
+    json.dump([compile_kernel(*case) for case in default_cases()], sys.stdout)

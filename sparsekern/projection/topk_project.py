@@ -1,0 +1,128 @@
+"""``topk_project_``: keep the k entries (or blocks) of largest magnitude of a weight, in place.
+
+The rule, the same on every backend (the sort-based reference is its definition):
+
+1. Floors. F is the union of every row's ``min_per_row`` and every column's
+   ``min_per_col`` largest entries (ties: lowest index). ``|F| > k`` is an error.
+2. Fill. The largest entries outside F are added until exactly ``k`` are kept; entries
+   of equal magnitude go to the lowest row-major index first.
+3. Everything not kept becomes exactly ``+0``; kept entries are untouched (a kept ``-0``
+   stays ``-0``).
+
+Magnitude is ``|w|`` per entry in element mode, the block's L2 norm in block mode. If
+``k`` exceeds the nonzeros, some kept entries are zeros: ``nnz`` is then below ``k``.
+Every check runs before anything is written, so a failed call changes nothing.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from .._checks import check_floating
+from ..layout import block_grid, normalize_block_size
+from . import reference
+from .backends import REGISTRY
+
+GRANULARITIES = ("element", "block")
+
+
+class ProjectionResult(NamedTuple):
+    """What a projection kept.
+
+    threshold: the smallest kept magnitude (|w|, or a block's L2 norm in block mode);
+        inf when k = 0.
+    k: how many entries (blocks) were kept.
+    nnz: nonzero entries left in the weight (at most k in element mode).
+    block_counts: nonzeros per block, ``[block rows, block cols]`` int32, when a
+        block_size was given; None otherwise.
+    """
+
+    threshold: float
+    k: int
+    nnz: int
+    block_counts: torch.Tensor | None
+
+
+def _check_count(value, name: str, upper: int, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if not 0 <= value <= upper:
+        raise ValueError(f"{name} must be in [0, {upper}] (the number of {what}), got {value}")
+    return int(value)
+
+
+class _Prepared:
+    """A checked, planned projection: nothing is written until ``apply()``."""
+
+    def __init__(self, weight, k, granularity, block_size, min_per_row, min_per_col, backend):
+        check_floating(weight, "weight")
+        if weight.dim() != 2 or weight.numel() == 0:
+            raise ValueError(f"weight must be a non-empty 2-D tensor, got shape {tuple(weight.shape)}")
+        if granularity not in GRANULARITIES:
+            raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
+        if block_size is not None:
+            block_size = normalize_block_size(block_size)
+        elif granularity == "block":
+            raise ValueError("block_size is required when granularity='block'")
+        self.weight = weight.detach()
+        self.granularity = granularity
+        self.block_size = block_size
+        unit = "blocks" if granularity == "block" else "entries"
+        rows, cols = block_grid(tuple(weight.shape), block_size) if granularity == "block" else weight.shape
+        self.k = _check_count(k, "k", rows * cols, unit)
+        self.min_per_row = _check_count(min_per_row, "min_per_row", cols, f"{unit} in a row")
+        self.min_per_col = _check_count(min_per_col, "min_per_col", rows, f"{unit} in a column")
+        self.backend = REGISTRY.select(backend, weight.device, weight.dtype, None)
+        # Block scores are a torch computation over the weight: check it first.
+        if granularity == "block" or not self.backend.checks_finite:
+            if not bool(torch.isfinite(self.weight).all()):
+                raise ValueError("weight must be finite, but it holds NaN or Inf")
+        if granularity == "block":
+            self.scores = reference.block_norms(self.weight, block_size)
+            self.keep = reference.topk_keep_mask(self.scores, self.k, self.min_per_row, self.min_per_col, "blocks")
+            return
+        self.forced, self.smallest_floor = None, float("inf")
+        if self.min_per_row or self.min_per_col:
+            self.forced, count, self.smallest_floor = self.backend.floors(self.weight, self.min_per_row,
+                                                                          self.min_per_col)
+            reference.check_floor_count(count, self.k, self.min_per_row, self.min_per_col)
+        self.plan = self.backend.plan(self.weight, self.k, self.forced)
+
+    def apply(self) -> ProjectionResult:
+        if self.granularity == "block":
+            self.weight.masked_fill_(~reference.expand_blocks(self.keep, self.block_size, self.weight.shape), 0)
+            kept = self.scores[self.keep]
+            threshold = kept.min().item() if kept.numel() else float("inf")
+            counts = reference.block_counts(self.weight, self.block_size)
+            return ProjectionResult(threshold, self.k, int(counts.sum()), counts)
+        cutoff, nnz, counts = self.backend.apply(self.weight, self.plan, self.block_size)
+        # Floor entries may be smaller than the fill's cutoff.
+        return ProjectionResult(min(cutoff, self.smallest_floor), self.k, nnz, counts)
+
+
+def prepare_projection(weight, k, *, granularity="element", block_size=None, min_per_row=0, min_per_col=0,
+                       backend=None) -> _Prepared:
+    """Check and plan a projection without writing anything; ``.apply()`` runs it."""
+    return _Prepared(weight, k, granularity, block_size, min_per_row, min_per_col, backend)
+
+
+def topk_project_(weight: torch.Tensor, k: int, *, granularity: str = "element", block_size=None,
+                  min_per_row: int = 0, min_per_col: int = 0, backend: str | None = None) -> ProjectionResult:
+    """Keep the ``k`` entries (``granularity="element"``) or whole blocks (``"block"``, scored
+    by L2 norm) of largest magnitude of the 2-D ``weight``, set the rest to zero, in place.
+
+    ``block_size`` (int or pair, as in ``BlockLayout``): the blocks of block mode; in element
+    mode, optional, the blocks whose nonzeros ``result.block_counts`` reports.
+    ``min_per_row`` / ``min_per_col``: floors, in entries (blocks); they count towards ``k``.
+    ``backend``: force one of ``projection_backends()``; None picks the fastest that can run.
+    See the module docstring for the exact rule. Returns a ``ProjectionResult``.
+    """
+    return prepare_projection(weight, k, granularity=granularity, block_size=block_size,
+                              min_per_row=min_per_row, min_per_col=min_per_col, backend=backend).apply()
+
+
+def projection_backends(device="cpu", dtype: torch.dtype = torch.float32) -> list[str]:
+    """Projection backends that can run on ``device`` for ``dtype``, fastest first."""
+    return REGISTRY.available(device, dtype, None)
