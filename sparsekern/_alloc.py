@@ -21,6 +21,12 @@ def poisoning() -> bool:
     return _POISON
 
 
+def poisoned_output_or_none(shape, like: torch.Tensor):
+    """For kernels that allocate their own output: a NaN-filled ``out`` under the poison
+    switch, else None (the kernel allocates)."""
+    return new_output(shape, like.dtype, like.device) if _POISON else None
+
+
 @contextlib.contextmanager
 def poisoned_outputs():
     global _POISON

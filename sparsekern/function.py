@@ -50,11 +50,25 @@ class SparseLinearFunction(torch.autograd.Function):
         return dx, dw, db, None, None, None, None, None, None, None, None, None
 
 
-@torch._dynamo.assume_constant_result
+def _autocast(x, weight, bias):
+    """Under ``torch.autocast`` compute in the autocast dtype, as ``F.linear`` does."""
+    if not isinstance(weight, torch.Tensor) or not torch.is_autocast_enabled(weight.device.type):
+        return x, weight, bias
+    dtype = torch.get_autocast_dtype(weight.device.type)
+    return tuple(t.to(dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() else t
+                 for t in (x, weight, bias))
+
+
 def _choose_backend(name, device, dtype, block_size) -> str:
-    # Pure configuration (environment, installed packages, the built extension): under
-    # torch.compile it runs once at trace time and its answer is a constant of the graph.
     return select(name, device, dtype, block_size).name
+
+
+# Pure configuration (environment, installed packages, the built extension): under
+# torch.compile it runs once at trace time and its answer is a constant of the graph.
+# This is what torch.compiler.assume_constant_result does; setting the mark directly keeps
+# `import sparsekern` from importing torch._dynamo (and with it triton), 1.5 s here.
+# tests/test_ops_compile.py fails if the mark stops working.
+_choose_backend._dynamo_marked_constant = True
 
 
 def block_sparse_linear(x: torch.Tensor, weight: torch.Tensor, layout: BlockLayout,
@@ -66,6 +80,7 @@ def block_sparse_linear(x: torch.Tensor, weight: torch.Tensor, layout: BlockLayo
     the active blocks count as zero whatever they hold. ``backend`` forces a backend
     (see ``sparsekern.available_backends``); ``None`` picks the fastest that can run.
     """
+    x, weight, bias = _autocast(x, weight, bias)
     check_linear_args(x, weight, layout, bias)
     chosen = _choose_backend(backend, weight.device, weight.dtype, layout.block_size)
     bo, bi = layout.block_size

@@ -50,7 +50,8 @@ def count_for_density(density: float, n: int) -> int:
     """The number of entries (or blocks) kept at ``density`` out of ``n``.
 
     Every density-to-count conversion in sparsekern goes through here, so a layout,
-    a projection and a module built at the same density agree exactly.
+    a projection and a module built at the same density agree exactly. It is Python's
+    ``round``: exact halves go to the even count (0.5 of 5 blocks keeps 2, of 7 keeps 4).
     """
     return int(round(check_density(density) * n))
 
@@ -91,17 +92,15 @@ class BlockLayout:
                 f"block_mask must have shape {grid} (block rows, block columns) for shape {self.shape} "
                 f"and block_size {self.block_size}, got {tuple(block_mask.shape)}"
             )
-        self._block_mask = block_mask.contiguous()
+        self._block_mask = block_mask.clone()  # own copy: the caller's mask may change later
         # Row-major: nonzero() lists blocks in row-major order, columns ascending.
         rows, cols = self._block_mask.nonzero(as_tuple=True)
         self.block_row = rows.to(torch.int32)
         self.col_idx = cols.to(torch.int32)
         self.row_ptr = _index_pointers(self._block_mask.sum(1, dtype=torch.int32))
         # Column-major: the same blocks listed per block column, rows ascending.
-        t_cols, t_rows = self._block_mask.t().nonzero(as_tuple=True)
-        self.row_idx = t_rows.to(torch.int32)
+        self.row_idx = self._block_mask.t().nonzero(as_tuple=True)[1].to(torch.int32)
         self.col_ptr = _index_pointers(self._block_mask.sum(0, dtype=torch.int32))
-        del t_cols
 
     # ----------------------------------------------------------------- builders
     @classmethod
@@ -152,9 +151,7 @@ class BlockLayout:
 
     def to_mask(self) -> torch.Tensor:
         """Element mask of the weight's shape (edge blocks clipped)."""
-        bo, bi = self.block_size
-        full = self._block_mask.repeat_interleave(bo, 0).repeat_interleave(bi, 1)
-        return full[: self.shape[0], : self.shape[1]].contiguous()
+        return expand_block_mask(self._block_mask, self.block_size, self.shape)
 
     def to(self, device) -> "BlockLayout":
         device = torch.device(device)
@@ -186,10 +183,25 @@ class BlockLayout:
         )
 
 
+def blocked(t: torch.Tensor, block_size, dtype=None) -> torch.Tensor:
+    """``t [rows, cols]`` as ``[block rows, bo, block cols, bi]``, zero-padded only if the shape needs it."""
+    bo, bi = block_size
+    dtype = t.dtype if dtype is None else dtype
+    n_rows, n_cols = block_grid(tuple(t.shape), (bo, bi))
+    if (n_rows * bo, n_cols * bi) != tuple(t.shape):
+        padded = t.new_zeros((n_rows * bo, n_cols * bi), dtype=dtype)
+        padded[: t.shape[0], : t.shape[1]] = t
+        t = padded
+    return t.to(dtype).reshape(n_rows, bo, n_cols, bi)
+
+
 def blockwise_any(mask: torch.Tensor, block_size) -> torch.Tensor:
     """``[rows, cols]`` bool -> ``[block rows, block cols]``: does each block hold any True."""
+    return blocked(mask, block_size, torch.bool).any(dim=3).any(dim=1)
+
+
+def expand_block_mask(block_mask: torch.Tensor, block_size, shape) -> torch.Tensor:
+    """``[block rows, block cols]`` -> the element mask of ``shape`` (edge blocks clipped)."""
     bo, bi = block_size
-    n_rows, n_cols = block_grid(tuple(mask.shape), (bo, bi))
-    padded = torch.zeros(n_rows * bo, n_cols * bi, dtype=torch.bool, device=mask.device)
-    padded[: mask.shape[0], : mask.shape[1]] = mask
-    return padded.view(n_rows, bo, n_cols, bi).any(dim=3).any(dim=1)
+    full = block_mask.repeat_interleave(bo, 0).repeat_interleave(bi, 1)
+    return full[: shape[0], : shape[1]].contiguous()

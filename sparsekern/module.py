@@ -39,11 +39,13 @@ class SparseLinear(nn.Module):
         else:
             self.register_parameter("bias", None)
         nn.Linear.reset_parameters(self)  # nn.Linear's own initialisation, draw for draw
+        # A meta module (deferred initialisation) keeps its layout on the CPU until to_empty().
+        layout_device = "cpu" if self.weight.is_meta else self.weight.device
         self.layout = BlockLayout.random(
-            (out_features, in_features), self.block_size, self.density, device=self.weight.device
+            (out_features, in_features), self.block_size, self.density, device=layout_device
         )
         with torch.no_grad():
-            self.weight.masked_fill_(~self.layout.to_mask(), 0)
+            self.weight.masked_fill_(~self.layout.to_mask().to(self.weight.device), 0)
 
     def _configure(self, in_features, out_features, density, block_size, dense_grad):
         self.in_features = in_features
@@ -94,7 +96,8 @@ class SparseLinear(nn.Module):
 
     def _apply(self, fn, *args, **kwargs):
         super()._apply(fn, *args, **kwargs)
-        self.layout = self.layout.to(self.weight.device)  # the index lives with the weight
+        if not self.weight.is_meta:
+            self.layout = self.layout.to(self.weight.device)  # the index lives with the weight
         return self
 
     # ------------------------------------------------------------- conversion

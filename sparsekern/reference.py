@@ -13,15 +13,14 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .layout import block_grid, expand_block_mask
+
 
 def _element_mask(block_rows, block_cols, shape, block_size) -> torch.Tensor:
     """Element mask of ``shape`` with the listed blocks active (edge blocks clipped)."""
-    bo, bi = block_size
-    grid = (-(-shape[0] // bo), -(-shape[1] // bi))
-    block_mask = torch.zeros(grid, dtype=torch.bool, device=block_rows.device)
+    block_mask = torch.zeros(block_grid(tuple(shape), block_size), dtype=torch.bool, device=block_rows.device)
     block_mask[block_rows.long(), block_cols.long()] = True
-    full = block_mask.repeat_interleave(bo, 0).repeat_interleave(bi, 1)
-    return full[: shape[0], : shape[1]]
+    return expand_block_mask(block_mask, block_size, shape)
 
 
 def _expand_pointers(ptr: torch.Tensor) -> torch.Tensor:

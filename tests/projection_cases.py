@@ -2,7 +2,7 @@
 
 import torch
 
-from sparsekern.layout import normalize_block_size
+from sparsekern.layout import expand_block_mask, normalize_block_size
 from sparsekern.projection import reference, topk_project_
 from sparsekern.projection.backends import REGISTRY
 
@@ -46,7 +46,7 @@ def expected_projection(w, k, min_per_row=0, min_per_col=0, granularity="element
     if granularity == "block":
         scores = reference.block_norms(w, block_size)
         keep = reference.topk_keep_mask(scores, k, min_per_row, min_per_col)
-        mask = reference.expand_blocks(keep, block_size, w.shape)
+        mask = expand_block_mask(keep, block_size, w.shape)
         kept = scores[keep]
     else:
         keep = reference.topk_keep_mask(w.abs().float() if w.dtype != torch.float64 else w.abs(),

@@ -26,11 +26,8 @@ DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
 
 @pytest.fixture(autouse=True)
-def ieee_fp32():
-    previous = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
-    yield
-    torch.backends.cuda.matmul.allow_tf32 = previous
+def _ieee(ieee_fp32):
+    """The fp32 bar is IEEE (conftest.ieee_fp32); TF32 is tested separately."""
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

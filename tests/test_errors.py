@@ -96,3 +96,12 @@ def test_cuda_tensor_request_without_cuda_names_the_backends(args, monkeypatch):
     # On a machine with no CUDA, forcing the cuda backend for CPU tensors explains itself.
     with pytest.raises(BackendUnavailableError, match="backend='cuda' cannot run this call"):
         block_sparse_linear(*args[:3], backend="cuda")
+
+
+def test_cuda_backend_declines_gpus_it_was_not_built_for():
+    from sparsekern.backends.cuda import _runs_on
+
+    assert _runs_on("8.0", 8, 0) and _runs_on("8.0", 8, 9)  # sm_80 cubins run on later 8.x
+    assert not _runs_on("8.0", 7, 5) and not _runs_on("8.0", 9, 0)
+    assert _runs_on("9.0a", 9, 0) and not _runs_on("9.0a", 10, 0)  # arch-specific: 9.0 only
+    assert _runs_on("8.0+PTX", 12, 0) and not _runs_on("8.0+PTX", 7, 5)  # PTX: any later GPU

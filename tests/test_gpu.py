@@ -9,7 +9,8 @@ import torch
 import sparsekern
 from linear_cases import run_linear_case
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none present)")
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none present)")]
 
 
 def gpu_cases():
@@ -25,12 +26,8 @@ def gpu_cases():
 
 
 @pytest.fixture(autouse=True)
-def ieee_fp32():
-    # The fp32 bar is IEEE; TF32 is tested separately.
-    previous = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
-    yield
-    torch.backends.cuda.matmul.allow_tf32 = previous
+def _ieee(ieee_fp32):
+    """The fp32 bar is IEEE (conftest.ieee_fp32); TF32 is tested separately."""
 
 
 @pytest.mark.parametrize("backend,dtype", gpu_cases())

@@ -109,3 +109,10 @@ def test_bad_shapes():
         BlockLayout.from_block_mask(torch.ones(2, 2, dtype=torch.bool), 16, (64, 64))
     with pytest.raises(ValueError, match="weight"):
         BlockLayout.from_weight(torch.ones(4), 16)
+
+
+def test_layout_keeps_its_own_copy_of_the_mask():
+    mask = torch.tensor([[True, False], [False, False]])
+    layout = BlockLayout.from_block_mask(mask, 16, (32, 32))
+    mask[1, 1] = True  # the caller's tensor changes; the layout must not
+    assert layout.nnz_blocks == 1 and layout.to_block_mask().sum() == 1

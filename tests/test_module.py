@@ -137,3 +137,39 @@ def test_dense_grad_mode_gives_gradient_everywhere():
     m(x).sum().backward()
     torch.testing.assert_close(m.weight.grad, torch.ones(5, 32).t() @ x)
     assert sparsekern.SparseLinear(32, 32).dense_grad is False
+
+
+def test_autocast_computes_in_the_autocast_dtype_like_linear():
+    torch.manual_seed(7)
+    m = SparseLinear(64, 32, density=0.5, block_size=16)
+    dense = m.to_dense()
+    x = torch.randn(4, 64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = m(x)
+        expected = dense(x)
+    assert y.dtype == expected.dtype == torch.bfloat16
+    torch.testing.assert_close(y.float(), expected.float(), rtol=2e-2, atol=2e-2)
+    y.float().sum().backward()  # the gradient flows back to the fp32 parameters
+    assert m.weight.grad.dtype == torch.float32 and (m.weight.grad[~m.layout.to_mask()] == 0).all()
+
+
+def test_meta_device_construction_and_to_empty():
+    m = SparseLinear(64, 32, density=0.25, block_size=16, device="meta")
+    assert m.weight.is_meta and m.layout.nnz_blocks == round(0.25 * 8)
+    m = m.to_empty(device="cpu")
+    assert m.layout.device.type == "cpu"
+    with torch.no_grad():
+        m.weight.normal_()
+    x = torch.randn(3, 64)
+    torch.testing.assert_close(m(x), m.to_dense()(x))
+
+
+def test_import_does_no_work():
+    # Nothing at import: no extension load, no triton, no torch._dynamo, no device query.
+    import subprocess
+    import sys
+
+    code = ("import sys, torch, sparsekern; "
+            "print(sorted(m for m in ('triton', 'torch._dynamo', 'sparsekern._C') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout

@@ -9,7 +9,7 @@ automatic choice falls back to "triton".
 
 import torch
 
-from .._alloc import new_output, poisoning
+from .._alloc import poisoned_output_or_none as _out
 from .._extension import extension, unavailable_reason
 from ..triton.config import use_tf32  # torch-only module: importing it does not import triton
 from .base import Backend
@@ -17,10 +17,18 @@ from .base import Backend
 _KERNELS = ("bsmm_forward_cuda", "bsmm_grad_input_cuda", "bsmm_grad_weight_cuda")
 
 
-def _out(shape, like):
-    # Under the tests' poison switch the kernels write into a NaN-filled output, so an element
-    # they miss shows (the weight gradient's output is zero-filled first: zeros off the layout).
-    return new_output(shape, like.dtype, like.device) if poisoning() else None
+
+def _runs_on(arch: str, major: int, minor: int) -> bool:
+    """A cubin for "8.0" runs on 8.x with x >= 0; an arch-specific one ("9.0a") on 9.0 only;
+    "8.0+PTX" also carries PTX, which the driver compiles for any later GPU."""
+    if arch.endswith("+PTX"):
+        built = tuple(int(v) for v in arch[: -len("+PTX")].rstrip("a").split("."))
+        return (major, minor) >= built
+    specific = arch.endswith("a")
+    built_major, built_minor = (int(v) for v in arch.rstrip("a").split("."))
+    if specific:
+        return (major, minor) == (built_major, built_minor)
+    return major == built_major and minor >= built_minor
 
 
 class CudaBackend(Backend):
@@ -30,6 +38,17 @@ class CudaBackend(Backend):
 
     def unavailable_reason(self):
         return unavailable_reason(*_KERNELS)
+
+    def device_reason(self, device):
+        why = super().device_reason(device)
+        if why or self.unavailable_reason():
+            return why
+        # Cubins only, no PTX: a GPU none of them runs on has no kernel image.
+        built = extension().cuda_archs.split("/")
+        major, minor = torch.cuda.get_device_capability(device)
+        if not any(_runs_on(arch, major, minor) for arch in built):
+            return f"built for sm {', '.join(built)}, not this GPU's {major}.{minor} (set TORCH_CUDA_ARCH_LIST and rebuild)"
+        return None
 
     def forward(self, x, weight, bias, row_ptr, col_idx, block_out, block_in):
         return extension().bsmm_forward_cuda(

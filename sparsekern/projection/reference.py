@@ -9,23 +9,12 @@ from __future__ import annotations
 
 import torch
 
-from ..layout import block_grid
-
-
-def _blocked(t: torch.Tensor, block_size, dtype) -> torch.Tensor:
-    """``t`` as ``[block rows, bo, block cols, bi]`` in ``dtype``, zero-padded only if the shape needs it."""
-    bo, bi = block_size
-    n_rows, n_cols = block_grid(tuple(t.shape), (bo, bi))
-    if (n_rows * bo, n_cols * bi) != tuple(t.shape):
-        padded = t.new_zeros((n_rows * bo, n_cols * bi), dtype=dtype)
-        padded[: t.shape[0], : t.shape[1]] = t
-        t = padded
-    return t.to(dtype).reshape(n_rows, bo, n_cols, bi)
+from ..layout import blocked
 
 
 def block_norms(weight: torch.Tensor, block_size) -> torch.Tensor:
     """L2 norm of every block of ``weight``: ``[block rows, block cols]`` (edge blocks partial), fp32."""
-    return torch.linalg.vector_norm(_blocked(weight.detach(), block_size, torch.float32), dim=(1, 3))
+    return torch.linalg.vector_norm(blocked(weight.detach(), block_size, torch.float32), dim=(1, 3))
 
 
 def _top_along(scores: torch.Tensor, m: int, dim: int) -> torch.Tensor:
@@ -77,15 +66,9 @@ def topk_keep_mask(scores: torch.Tensor, k: int, min_per_row: int = 0, min_per_c
     return keep_mask(scores, k, forced)
 
 
-def expand_blocks(block_mask: torch.Tensor, block_size, shape) -> torch.Tensor:
-    """``[block rows, block cols]`` -> the element mask of ``shape`` (edge blocks clipped)."""
-    bo, bi = block_size
-    return block_mask.repeat_interleave(bo, 0).repeat_interleave(bi, 1)[: shape[0], : shape[1]]
-
-
 def block_counts(weight: torch.Tensor, block_size) -> torch.Tensor:
     """Nonzeros in every block of ``weight``: ``[block rows, block cols]`` int32."""
-    return _blocked(weight != 0, block_size, torch.bool).sum(dim=(1, 3), dtype=torch.int32)
+    return blocked(weight != 0, block_size, torch.bool).sum(dim=(1, 3), dtype=torch.int32)
 
 
 def top_blocks(scores: torch.Tensor, k: int) -> torch.Tensor:

@@ -21,7 +21,7 @@ from typing import NamedTuple
 import torch
 
 from .._checks import check_floating
-from ..layout import block_grid, normalize_block_size
+from ..layout import block_grid, expand_block_mask, normalize_block_size
 from . import reference
 from .backends import REGISTRY
 
@@ -92,7 +92,7 @@ class _Prepared:
 
     def apply(self) -> ProjectionResult:
         if self.granularity == "block":
-            self.weight.masked_fill_(~reference.expand_blocks(self.keep, self.block_size, self.weight.shape), 0)
+            self.weight.masked_fill_(~expand_block_mask(self.keep, self.block_size, self.weight.shape), 0)
             kept = self.scores[self.keep]
             threshold = kept.min().item() if kept.numel() else float("inf")
             counts = reference.block_counts(self.weight, self.block_size)
