@@ -37,8 +37,9 @@ if not _flag("SPARSEKERN_SKIP_EXTENSION"):
     sources = ["csrc/bindings.cpp"]
     extension_class = CppExtension
     # The torch version as bare tokens (bindings.cpp stringifies them): no shell quoting.
-    cxx_flags = ["-O3", f"-DSPARSEKERN_TORCH_VERSION={torch.__version__}"]
-    nvcc_flags: list[str] = []
+    # C++20 explicitly: the kernels use it, and older torch releases default to C++17.
+    cxx_flags = ["-O3", "-std=c++20", f"-DSPARSEKERN_TORCH_VERSION={torch.__version__}"]
+    nvcc_flags: list[str] = ["-std=c++20"]
     link_flags: list[str] = []
 
     # -------------------------------------------------------------- CPU kernels

@@ -4,7 +4,7 @@
 // compile time matters on small CI machines.
 //
 // Sections: common helpers | CPU block-sparse products | top-k projection (CPU) | CUDA (#ifdef
-// SPARSEKERN_WITH_CUDA) | module.
+// SPARSEKERN_WITH_CUDA; block-sparse products, then top-k projection) | module.
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -23,12 +23,14 @@
 #include "cpu/topk.h"
 
 #ifdef SPARSEKERN_WITH_CUDA  // CUDA headers exist only in a CUDA build of torch
+#include <ATen/MemoryOverlap.h>
 #include <ATen/ops/zeros.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <cuda_runtime_api.h>
 
 #include "cuda/bsmm_cuda.h"
+#include "cuda/topk_cuda.h"
 #endif
 
 // setup.py passes the torch version as bare tokens; stringified here (no shell quoting).
@@ -63,8 +65,9 @@ void check_index_tensor(const Tensor& t, const char* name, const at::Device& dev
 // A compressed index (ptr over n_outer blocks, idx into n_inner): lengths, then O(nnz) contents.
 void check_compressed(const Tensor& ptr, const char* ptr_name, const Tensor& ind, const char* ind_name,
                       int64_t n_outer, int64_t n_inner) {
-  check_index_tensor(ptr, ptr_name, ind.device());
-  check_index_tensor(ind, ind_name, ind.device());
+  // The O(nnz) check below reads the index on the host.
+  check_index_tensor(ptr, ptr_name, at::Device(at::kCPU));
+  check_index_tensor(ind, ind_name, at::Device(at::kCPU));
   TORCH_CHECK(ptr.numel() == n_outer + 1, ptr_name, " must have ", n_outer + 1, " entries (blocks + 1), got ",
               ptr.numel());
   const int err = idx::check_compressed(ptr.data_ptr<int32_t>(), n_outer, ind.data_ptr<int32_t>(), ind.numel(),
@@ -120,7 +123,7 @@ cpu::StridedMatrix strided(const Tensor& t) {
 Tensor output(const std::optional<Tensor>& out, at::IntArrayRef shape, const Tensor& like) {
   if (!out.has_value()) {
     const int64_t bytes = c10::multiply_integers(shape) * like.element_size();
-    if (bytes < (int64_t{4} << 20)) return at::empty(shape, like.options());
+    if (!like.is_cpu() || bytes < (int64_t{4} << 20)) return at::empty(shape, like.options());
     // Large outputs on huge pages (see cpu::alloc_output): the page faults of a fresh buffer
     // would otherwise cost a sizeable part of a sparse product.
     void* data = cpu::alloc_output(bytes);
@@ -548,6 +551,96 @@ void register_cuda(pybind11::module_& m) {
         pybind11::arg("allow_tf32") = false, pybind11::arg("out") = pybind11::none());
 }
 
+// ------------------------------------------------------ top-k projection (CUDA)
+// csrc/cuda/topk_cuda.h: a read-only select whose plan (state, ties_before) stays on the
+// device, then one write pass; sparsekern/projection/backends.py ("cuda") calls both. The
+// floor mask comes from the Python side, as for the Triton backend.
+
+sk_cuda::TopkKeys topk_keys(const Tensor& weight) {
+  return cuda_dtype(weight, "weight") == sk_cuda::DType::kFloat32 ? sk_cuda::TopkKeys::k32
+                                                                  : sk_cuda::TopkKeys::k16;
+}
+
+// weight: any strides, but no two entries in one place (the write pass runs in parallel);
+// forced: weight-shaped contiguous bool on weight's device.
+const uint8_t* check_topk_cuda_args(const Tensor& weight, const std::optional<Tensor>& forced) {
+  TORCH_CHECK(weight.is_cuda(), "weight must be a CUDA tensor for the cuda projection, got ", weight.device());
+  check_matrix(weight, "weight", weight.device());
+  topk_keys(weight);
+  TORCH_CHECK_VALUE(weight.numel() > 0, "weight must not be empty");
+  TORCH_CHECK_VALUE(at::has_internal_overlap(weight) != at::MemOverlap::Yes,
+                    "weight must not have overlapping entries (e.g. an expanded view)");
+  TORCH_CHECK_VALUE(sk_cuda::topk_ctas(weight.size(0), weight.size(1)) <= 0x7fffffff,
+                    "weight has too many rows for the cuda projection's grid: ", weight.size(0));
+  if (!forced.has_value()) return nullptr;
+  TORCH_CHECK_TYPE(forced->scalar_type() == at::kBool, "forced must be bool, got ", forced->scalar_type());
+  TORCH_CHECK_VALUE(forced->sizes() == weight.sizes() && forced->device() == weight.device() &&
+                        forced->is_contiguous(),
+                    "forced must be a contiguous bool tensor of weight's shape ", weight.sizes(), " on ",
+                    weight.device(), ", got ", forced->sizes(), " on ", forced->device());
+  return reinterpret_cast<const uint8_t*>(forced->data_ptr<bool>());
+}
+
+void check_plan_tensor(const Tensor& t, const char* name, int64_t numel, const Tensor& weight) {
+  TORCH_CHECK_VALUE(t.scalar_type() == at::kLong && t.dim() == 1 && t.numel() == numel &&
+                        t.device() == weight.device() && t.is_contiguous(),
+                    name, " must be the contiguous int64 tensor of ", numel, " entries on ", weight.device(),
+                    " that topk_select_cuda returned for this weight");
+}
+
+std::tuple<Tensor, Tensor> topk_select_cuda(const Tensor& weight, const std::optional<Tensor>& forced, int64_t k) {
+  const uint8_t* mask = check_topk_cuda_args(weight, forced);
+  TORCH_CHECK_VALUE(k >= 0 && k <= weight.numel(), "k must be in [0, ", weight.numel(), "], got ", k);
+  const c10::cuda::CUDAGuard guard(weight.device());
+  const auto longs = weight.options().dtype(at::kLong);
+  Tensor state = at::empty({2}, longs);
+  Tensor ties_before = at::empty({sk_cuda::topk_ctas(weight.size(0), weight.size(1)) + 1}, longs);
+  Tensor hist = at::empty({256}, longs);  // scratch; freed in stream order
+  const sk_cuda::TopkSelectArgs args{weight.data_ptr(), mask, weight.size(0), weight.size(1), weight.stride(0),
+                                     weight.stride(1), topk_keys(weight), k, state.data_ptr<int64_t>(),
+                                     reinterpret_cast<unsigned long long*>(hist.data_ptr<int64_t>()),
+                                     ties_before.data_ptr<int64_t>()};
+  check_launch(sk_cuda::topk_select(args, c10::cuda::getCurrentCUDAStream(weight.device().index()).stream()),
+               "topk_select_cuda");
+  return {state, ties_before};
+}
+
+std::tuple<Tensor, std::optional<Tensor>> topk_apply_cuda(const Tensor& weight, const std::optional<Tensor>& forced,
+                                                          const Tensor& state, const Tensor& ties_before,
+                                                          int64_t block_out, int64_t block_in) {
+  const uint8_t* mask = check_topk_cuda_args(weight, forced);
+  check_plan_tensor(state, "state", 2, weight);
+  check_plan_tensor(ties_before, "ties_before", sk_cuda::topk_ctas(weight.size(0), weight.size(1)) + 1, weight);
+  const bool per_block = block_out != 0 || block_in != 0;
+  if (per_block) check_block_sides(block_out, block_in);
+  const c10::cuda::CUDAGuard guard(weight.device());
+  Tensor nnz = at::zeros({1}, weight.options().dtype(at::kLong));
+  std::optional<Tensor> counts;
+  if (per_block)
+    counts = at::zeros({idx::num_blocks(weight.size(0), block_out), idx::num_blocks(weight.size(1), block_in)},
+                       weight.options().dtype(at::kInt));
+  const sk_cuda::TopkApplyArgs args{weight.data_ptr(), mask, weight.size(0), weight.size(1), weight.stride(0),
+                                    weight.stride(1), topk_keys(weight), state.data_ptr<int64_t>(),
+                                    ties_before.data_ptr<int64_t>(),
+                                    reinterpret_cast<unsigned long long*>(nnz.data_ptr<int64_t>()),
+                                    counts ? counts->data_ptr<int32_t>() : nullptr, static_cast<int>(block_out),
+                                    static_cast<int>(block_in)};
+  check_launch(sk_cuda::topk_apply(args, c10::cuda::getCurrentCUDAStream(weight.device().index()).stream()),
+               "topk_apply_cuda");
+  return {nnz, counts};
+}
+
+void register_projection_cuda(pybind11::module_& m) {
+  m.def("topk_select_cuda", &topk_select_cuda,
+        "Plan of the exact top-k |weight| projection on the device (read-only; floors in `forced` kept first): "
+        "(state, ties_before)",
+        pybind11::arg("weight"), pybind11::arg("forced"), pybind11::arg("k"));
+  m.def("topk_apply_cuda", &topk_apply_cuda,
+        "Apply a topk_select_cuda plan in place: (nonzeros left as a 1-element tensor, per-block nonzeros or None)",
+        pybind11::arg("weight"), pybind11::arg("forced"), pybind11::arg("state"), pybind11::arg("ties_before"),
+        pybind11::arg("block_out"), pybind11::arg("block_in"));
+}
+
 #endif  // SPARSEKERN_WITH_CUDA
 
 }  // namespace
@@ -561,8 +654,12 @@ PYBIND11_MODULE(_C, m) {
   register_projection_cpu(m);
 #ifdef SPARSEKERN_WITH_CUDA
   register_cuda(m);
+  register_projection_cuda(m);
   built_with += ", CUDA kernels (CUDA runtime " + std::to_string(CUDART_VERSION) + ", archs " +
                 SK_STRINGIFY(SPARSEKERN_CUDA_ARCHS) + ")";
+  // The archs compiled for (e.g. "8.0/9.0a"): the cuda backend declines other GPUs, so an
+  // automatic choice falls back to triton instead of failing with "no kernel image".
+  m.attr("cuda_archs") = SK_STRINGIFY(SPARSEKERN_CUDA_ARCHS);
 #endif
   m.attr("built_with") = built_with;
 }

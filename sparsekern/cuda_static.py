@@ -2,8 +2,9 @@
 
 ``static_report()`` compiles each kernel source for sm_80 and sm_90a (``nvcc -ptx``, then
 ``ptxas -v``) and returns one row per kernel variant: registers, spill bytes, shared memory
-and the tensor-core instruction it uses. ``sparsekern-bench --static`` prints these rows and
-tests/test_cuda_build.py asserts on them (no spills; mma.sync where expected).
+and the tensor-core instruction it uses, the top-k projection's kernels (``TOPK_SOURCES``)
+included. ``sparsekern-bench --static`` prints these rows; tests/test_cuda_build.py and
+tests/test_projection_cuda_build.py assert on them (no spills; mma.sync where expected).
 
 Compiling takes about a minute on a small machine, so results are cached in the temporary
 directory, keyed by the sources, the compiler version and the flags. Nothing happens at import.
@@ -22,6 +23,8 @@ ROOT = Path(__file__).resolve().parents[1]
 CUDA_DIR = ROOT / "csrc" / "cuda"
 # Kernel sources and the number of variants (entry points) each instantiates.
 SOURCES = {"bsmm_fwd.cu": 24, "bsmm_dw.cu": 12}
+# The top-k projection's kernels (no tensor cores; 32-bit keys for fp32, 16-bit for fp16/bf16).
+TOPK_SOURCES = {"topk_select.cu": 7, "topk_apply.cu": 2}
 ARCHS = {80: "sm_80", 90: "sm_90a"}
 # Same standard and optimisation level as the extension build (setup.py, torch's nvcc flags).
 NVCC_FLAGS = ("-std=c++20", "-O3")
@@ -108,6 +111,15 @@ def describe(mangled: str) -> dict:
     return dict(kernel="bsmm_dw", mode=m.group(1), tile=(int(m.group(2)), int(m.group(2))))
 
 
+def describe_topk(mangled: str) -> dict:
+    """Kernel and dtypes of a mangled entry name of csrc/cuda/topk_*: templates over the key
+    bits (uint32_t: fp32; uint16_t: fp16 and bf16), or none (one-CTA bookkeeping kernels)."""
+    kernel = re.search(r"(topk_[a-z]+)_kernel", mangled).group(1)
+    keys = re.search(r"_kernelI([jt])E", mangled)
+    dtype = "-" if keys is None else ("fp32" if keys.group(1) == "j" else "fp16/bf16")
+    return dict(kernel=kernel, dtype=dtype)
+
+
 def ptx_bodies(ptx: str) -> dict[str, str]:
     """Mangled entry name -> its PTX."""
     bodies = re.split(r"\.visible \.entry ", ptx)[1:]
@@ -129,4 +141,12 @@ def static_report() -> list[dict]:
                                  tf32=tf32, registers=entry["registers"],
                                  spill_bytes=entry["spill_stores"] + entry["spill_loads"] + entry["stack"],
                                  shared_bytes=entry["shared_bytes"], tensor_core=instruction))
+    for source in TOPK_SOURCES:
+        for arch in ARCHS:
+            for entry in parse_ptxas(compile_source(source, arch)[1]):
+                info = describe_topk(entry["name"])
+                rows.append(dict(kernel=f"projection/{info['kernel']}", arch=arch, dtype=info["dtype"],
+                                 block_size="-", tf32=False, registers=entry["registers"],
+                                 spill_bytes=entry["spill_stores"] + entry["spill_loads"] + entry["stack"],
+                                 shared_bytes=entry["shared_bytes"], tensor_core="none"))
     return rows

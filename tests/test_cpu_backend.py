@@ -379,3 +379,13 @@ def test_random_problems_match_reference(M, N, K, block, density, bias, dtype, i
         check_products(layout, weight, x, grad, b if bias else None)
     finally:
         set_cpu_isa(previous)
+
+
+@pytest.mark.parametrize("aligned", [True, False], ids=["aligned-rows", "odd-rows"])
+def test_every_isa_on_large_kernel_allocated_outputs(isa, aligned):
+    # Outputs over 4 MiB take the extension's own allocation (huge pages, a cache of freed
+    # buffers, streaming stores): unpoisoned, three rounds so cached buffers are reused.
+    N, K = (1024, 1152) if aligned else (1030, 1101)
+    for seed in range(3):
+        layout, weight, x, grad, bias = make_case(N, K, 1100, (64, 32), 0.15, seed=seed)
+        check_products(layout, weight, x, grad, bias, poison=False)

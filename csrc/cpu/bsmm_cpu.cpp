@@ -7,12 +7,17 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <mutex>
+#include <unordered_map>
 #include <vector>
 
 #include "../common/block_index.h"
 
 #if defined(__linux__)
 #include <sys/mman.h>
+#endif
+#if defined(__SSE2__)
+#include <emmintrin.h>
 #endif
 #include <stdlib.h>
 
@@ -94,11 +99,65 @@ std::unique_ptr<float, FreeDeleter> scratch(int64_t floats) {
   return std::unique_ptr<float, FreeDeleter>(static_cast<float*>(p));
 }
 
+// Freed outputs kept for the next call of the same size. A fresh 32 MiB output costs the
+// kernel's zeroing of every page it faults in, about a tenth of a forward pass at density
+// 1/16 (and of a backward, whose dW is 64 MiB); a reused one is already mapped. Bounded, so
+// little memory stays held after the tensors are gone.
+constexpr size_t OUTPUT_CACHE_SLOTS = 4;
+constexpr size_t OUTPUT_CACHE_BYTES = size_t{256} << 20;
+
+struct OutputCache {
+  std::mutex mu;
+  std::unordered_map<void*, size_t> live;      // outputs handed out -> bytes
+  std::vector<std::pair<void*, size_t>> idle;  // freed outputs kept for reuse, oldest first
+  size_t idle_bytes = 0;
+};
+
+OutputCache& output_cache() {
+  static OutputCache* cache = new OutputCache;  // never destroyed: tensors may die after exit
+  return *cache;
+}
+
 }  // namespace
 
-void* alloc_output(int64_t bytes) { return scratch((bytes + 3) / 4).release(); }
+void* alloc_output(int64_t bytes) {
+  const size_t size = static_cast<size_t>(bytes > 0 ? bytes : 1);
+  OutputCache& cache = output_cache();
+  std::lock_guard<std::mutex> lock(cache.mu);
+  void* p = nullptr;
+  for (size_t i = 0; i < cache.idle.size(); ++i) {
+    if (cache.idle[i].second != size) continue;
+    p = cache.idle[i].first;
+    cache.idle_bytes -= size;
+    cache.idle.erase(cache.idle.begin() + static_cast<int64_t>(i));
+    break;
+  }
+  if (p == nullptr) p = scratch((bytes + 3) / 4).release();
+  if (p != nullptr) cache.live.emplace(p, size);
+  return p;
+}
 
-void free_output(void* p) { std::free(p); }
+void free_output(void* p) {
+  if (p == nullptr) return;
+  OutputCache& cache = output_cache();
+  std::lock_guard<std::mutex> lock(cache.mu);
+  auto it = cache.live.find(p);
+  const size_t size = it == cache.live.end() ? 0 : it->second;
+  if (it != cache.live.end()) cache.live.erase(it);
+  if (size == 0 || size > OUTPUT_CACHE_BYTES) {
+    std::free(p);
+    return;
+  }
+  // Make room by dropping the oldest idle outputs.
+  while (!cache.idle.empty() &&
+         (cache.idle.size() >= OUTPUT_CACHE_SLOTS || cache.idle_bytes + size > OUTPUT_CACHE_BYTES)) {
+    std::free(cache.idle.front().first);
+    cache.idle_bytes -= cache.idle.front().second;
+    cache.idle.erase(cache.idle.begin());
+  }
+  cache.idle.emplace_back(p, size);
+  cache.idle_bytes += size;
+}
 
 const char* isa_name(Isa isa) {
   switch (isa) {
@@ -156,8 +215,17 @@ bool bsmm_dense_sparse(const DenseSparseProblem& p, ParallelFor parallel_for) {
   }
   group_end.push_back(nb_out);
   largest = std::max(largest, total);
-  auto panels = scratch(largest);
-  if (!panels) return false;
+  // Kept per calling thread between calls, like the weight gradient's panels: a fresh buffer
+  // costs its page faults and zeroing on every call. It only grows.
+  thread_local std::unique_ptr<float, FreeDeleter> panels;
+  thread_local int64_t panel_floats = 0;
+  if (panel_floats < largest) {
+    panels.reset();
+    panel_floats = 0;
+    panels = scratch(largest);
+    if (!panels) return false;
+    panel_floats = largest;
+  }
   const Isa isa = active_isa();
   int64_t br0 = 0;
   for (int64_t br1 : group_end) {
@@ -181,6 +249,28 @@ struct ZeroFill {
   int64_t nb_cols;
 };
 
+// n zero bytes at p, the aligned middle with streaming stores: dw (64 MiB for the targets)
+// cannot stay in cache, and ordinary stores would first read every line they overwrite.
+// zero_inactive fences (stream_fence) before its task ends, so they are visible after it.
+void zero_bytes(char* p, size_t n) {
+#if defined(__SSE2__)
+  constexpr size_t kVec = 16;
+  const size_t head = std::min(n, (kVec - reinterpret_cast<uintptr_t>(p) % kVec) % kVec);
+  std::memset(p, 0, head);
+  size_t i = head;
+  for (; i + kVec <= n; i += kVec) _mm_stream_si128(reinterpret_cast<__m128i*>(p + i), _mm_setzero_si128());
+  std::memset(p + i, 0, n - i);
+#else
+  std::memset(p, 0, n);
+#endif
+}
+
+void stream_fence() {
+#if defined(__SSE2__)
+  _mm_sfence();
+#endif
+}
+
 // Zeros of dw outside the active blocks, one block row per task (the kernels write the rest).
 void zero_inactive(void* raw, int64_t br0, int64_t br1) {
   const auto& z = *static_cast<const ZeroFill*>(raw);
@@ -199,10 +289,11 @@ void zero_inactive(void* raw, int64_t br0, int64_t br1) {
       const int64_t k0 = index::block_start(c, p.block_in);
       const int64_t k1 = std::min(index::block_start(c1, p.block_in), p.k);
       for (int64_t i = 0; i < rows; ++i)
-        std::memset(dw + ((r0 + i) * p.ldw + k0) * elem, 0, static_cast<size_t>(k1 - k0) * elem);
+        zero_bytes(dw + ((r0 + i) * p.ldw + k0) * elem, static_cast<size_t>(k1 - k0) * elem);
       c = c1;
     }
   }
+  stream_fence();
 }
 
 }  // namespace

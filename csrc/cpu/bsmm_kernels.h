@@ -49,6 +49,8 @@ inline Vec vbroadcast(const float* p) { return {_mm512_set1_ps(*p)}; }
 inline Vec vfma(Vec a, Vec b, Vec c) { return {_mm512_fmadd_ps(a.v, b.v, c.v)}; }
 inline Vec vadd(Vec a, Vec b) { return {_mm512_add_ps(a.v, b.v)}; }
 inline void vstore(float* p, Vec a) { _mm512_storeu_ps(p, a.v); }
+inline void vstream(float* p, Vec a) { _mm512_stream_ps(p, a.v); }  // p on a 64-byte boundary
+inline void stream_fence() { _mm_sfence(); }
 #elif defined(SK_KERNELS_AVX2)
 constexpr int VL = 8, MAX_NV = 2, FWD_MAX_NV = 2, FWD_ACC = 12, FWD_MR1 = 12, GW_ACC = 8;
 struct Vec { __m256 v; };
@@ -58,6 +60,8 @@ inline Vec vbroadcast(const float* p) { return {_mm256_broadcast_ss(p)}; }
 inline Vec vfma(Vec a, Vec b, Vec c) { return {_mm256_fmadd_ps(a.v, b.v, c.v)}; }
 inline Vec vadd(Vec a, Vec b) { return {_mm256_add_ps(a.v, b.v)}; }
 inline void vstore(float* p, Vec a) { _mm256_storeu_ps(p, a.v); }
+inline void vstream(float* p, Vec a) { _mm256_stream_ps(p, a.v); }  // p on a 32-byte boundary
+inline void stream_fence() { _mm_sfence(); }
 #else
 // Portable: plain loops the compiler may vectorise for the baseline ISA.
 constexpr int VL = 8, MAX_NV = 2, FWD_MAX_NV = 2, FWD_ACC = 12, FWD_MR1 = 12, GW_ACC = 8;
@@ -68,6 +72,8 @@ inline Vec vbroadcast(const float* p) { Vec r; for (int l = 0; l < VL; ++l) r.v[
 inline Vec vfma(Vec a, Vec b, Vec c) { for (int l = 0; l < VL; ++l) c.v[l] += a.v[l] * b.v[l]; return c; }
 inline Vec vadd(Vec a, Vec b) { for (int l = 0; l < VL; ++l) a.v[l] += b.v[l]; return a; }
 inline void vstore(float* p, Vec a) { for (int l = 0; l < VL; ++l) p[l] = a.v[l]; }
+inline void vstream(float* p, Vec a) { vstore(p, a); }
+inline void stream_fence() {}
 #endif
 
 inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
@@ -110,8 +116,11 @@ float* alloc_floats(int64_t n) {
 // Each active block of w is packed once per call, transposed, into panels of NC = NV * VL
 // output columns: panel[chunk][k][NC], k over the block's columns inside w (edge columns are
 // not stored; edge rows are zero-padded), so the microkernel streams it with vector loads.
-// Rows of a are packed per tile of TILE_M rows into MR-row slivers [n_in][MR] (the tile stays
-// in L2 across all block rows), from which the microkernel broadcasts.
+// Rows of a are packed per tile of TILE_M rows into MR-row slivers (the tile stays in L2
+// across all block rows), from which the microkernel broadcasts. A sliver is cut into groups
+// of KG columns, each stored [MR][KG]: packing is then plain row copies (no transpose), a
+// block's segment of the sliver is contiguous (block sides are multiples of KG), and one
+// pointer, moving a float per column, addresses all MR rows by constant offsets.
 
 struct DenseSparseContext {
   const DenseSparseProblem* p;
@@ -122,6 +131,7 @@ struct DenseSparseContext {
   int64_t br0, n_rows, tile_m, n_tiles_m;  // block rows [br0, br0 + n_rows)
   int64_t j0;                              // first block of those rows
   int failed;  // set when a thread could not allocate its scratch
+  bool stream;  // store y past the caches (see dense_sparse)
 };
 
 void pack_weight_blocks(void* raw, int64_t j0, int64_t j1) {
@@ -166,23 +176,31 @@ void pack_weight_blocks(void* raw, int64_t j0, int64_t j1) {
   }
 }
 
-// Rows [0, rows) of a -> slivers of MR rows, [n_in][MR] each; missing rows are zeros.
-// Transposes VL columns at a time through a small buffer, so reads and writes stay sequential.
+// Outputs from this size on are stored past the caches (see dense_sparse).
+constexpr int64_t STREAM_MIN_BYTES = int64_t{4} << 20;
+
+// Columns per group of a packed sliver: the smallest block side.
+constexpr int64_t KG = 16;
+
+// Floats in one packed sliver: n_in columns rounded up to whole groups, MR rows each.
+template <int MR>
+inline int64_t sliver_floats(int64_t n_in) { return index::ceil_div(n_in, KG) * KG * MR; }
+
+// Rows [0, rows) of a -> slivers of MR rows, [n_in / KG][MR][KG] each; missing rows and the
+// columns past n_in in the last group are zeros.
 template <int MR>
 void pack_rows(const float* a, int64_t lda, int64_t rows, int64_t n_in, float* dst) {
-  for (int64_t r0 = 0; r0 < rows; r0 += MR) {
-    float* sliver = dst + r0 * n_in;
+  const int64_t full = n_in / KG;
+  for (int64_t r0 = 0; r0 < rows; r0 += MR, dst += sliver_floats<MR>(n_in)) {
     const int live = static_cast<int>(min64(MR, rows - r0));
-    int64_t k0 = 0;
-    for (; k0 + VL <= n_in; k0 += VL) {
-      float buf[MR][VL];
-      for (int r = 0; r < MR; ++r) vstore(buf[r], r < live ? vload(a + (r0 + r) * lda + k0) : vzero());
-      float* d = sliver + k0 * MR;
-      for (int k = 0; k < VL; ++k)
-        for (int r = 0; r < MR; ++r) d[k * MR + r] = buf[r][k];
+    for (int r = 0; r < MR; ++r) {
+      const float* src = a + (r0 + r) * lda;
+      float* d = dst + r * KG;
+      for (int64_t g = 0; g < full; ++g, src += KG, d += MR * KG)
+        for (int64_t q = 0; q < KG; q += VL) vstore(d + q, r < live ? vload(src + q) : vzero());
+      if (full * KG < n_in)
+        for (int64_t q = 0; q < KG; ++q) d[q] = r < live && full * KG + q < n_in ? src[q] : 0.f;
     }
-    for (; k0 < n_in; ++k0)
-      for (int r = 0; r < MR; ++r) sliver[k0 * MR + r] = r < live ? a[(r0 + r) * lda + k0] : 0.f;
   }
 }
 
@@ -202,17 +220,21 @@ inline void dense_sparse_micro(const float* sliver, const int32_t* idx, int64_t 
     const int64_t jn = j + 1 < je ? j + 1 : j;
     const float* w_next = panels + offset[jn] + chunk * block_extent(idx[jn], bi, n_in) * NC;
     const float* x_next = sliver + idx[jn] * bi * MR;
-    for (int64_t k = 0; k < ke; ++k) {
-      for (int v = 0; v < NV; ++v) __builtin_prefetch(w_next + k * NC + v * VL, 0, 3);
-      __builtin_prefetch(x_next + k * MR, 0, 3);
-      Vec wv[NV];
-      for (int v = 0; v < NV; ++v) wv[v] = vload(w + v * VL);
-      for (int r = 0; r < MR; ++r) {
-        const Vec xb = vbroadcast(x + r);
-        for (int v = 0; v < NV; ++v) acc[r][v] = vfma(xb, wv[v], acc[r][v]);
+    for (int64_t k0 = 0; k0 < ke; k0 += KG, x += MR * KG) {
+      const int64_t kn = min64(KG, ke - k0);
+      for (int64_t k = 0; k < kn; ++k) {
+        for (int v = 0; v < NV; ++v) __builtin_prefetch(w_next + v * VL, 0, 3);
+        __builtin_prefetch(x_next + k * MR, 0, 3);
+        Vec wv[NV];
+        for (int v = 0; v < NV; ++v) wv[v] = vload(w + v * VL);
+        for (int r = 0; r < MR; ++r) {
+          const Vec xb = vbroadcast(x + r * KG + k);
+          for (int v = 0; v < NV; ++v) acc[r][v] = vfma(xb, wv[v], acc[r][v]);
+        }
+        w += NC;
+        w_next += NC;
       }
-      w += NC;
-      x += MR;
+      x_next += MR * KG;
     }
   }
 }
@@ -223,7 +245,8 @@ void dense_sparse_tiles(void* raw, int64_t t0, int64_t t1) {
   const auto& c = *static_cast<const DenseSparseContext*>(raw);
   const auto& p = *c.p;
   const int64_t n_in = p.w.cols, n_out = p.w.rows, bo = p.block_out, bi = p.block_in;
-  float* tile = alloc_floats(c.tile_m * n_in);
+  const int64_t sliver = sliver_floats<MR>(n_in);
+  float* tile = alloc_floats(c.tile_m / MR * sliver);
   if (tile == nullptr) {
     __atomic_store_n(&const_cast<DenseSparseContext&>(c).failed, 1, __ATOMIC_RELAXED);
     return;
@@ -245,7 +268,7 @@ void dense_sparse_tiles(void* raw, int64_t t0, int64_t t1) {
         Vec acc[MR][NV];
         for (int r = 0; r < MR; ++r)
           for (int v = 0; v < NV; ++v) acc[r][v] = vzero();
-        dense_sparse_micro<MR, NV>(tile + r0 * n_in, p.idx, jb, je, bi, n_in, c.panels, c.offset, chunk, acc);
+        dense_sparse_micro<MR, NV>(tile + r0 / MR * sliver, p.idx, jb, je, bi, n_in, c.panels, c.offset, chunk, acc);
         const int64_t rows = min64(MR, rows_tile - r0);
         const int64_t y0 = (m0 + r0) * p.ldy + br * bo + chunk * NC;
         if (cols == NC && p.y_dtype == DType::kFloat32) {
@@ -256,8 +279,13 @@ void dense_sparse_tiles(void* raw, int64_t t0, int64_t t1) {
               for (int r = 0; r < MR; ++r) acc[r][v] = vadd(acc[r][v], b);
             }
           }
-          for (int64_t r = 0; r < rows; ++r)
-            for (int v = 0; v < NV; ++v) vstore(y + r * p.ldy + v * VL, acc[r][v]);
+          if (c.stream) {
+            for (int64_t r = 0; r < rows; ++r)
+              for (int v = 0; v < NV; ++v) vstream(y + r * p.ldy + v * VL, acc[r][v]);
+          } else {
+            for (int64_t r = 0; r < rows; ++r)
+              for (int v = 0; v < NV; ++v) vstore(y + r * p.ldy + v * VL, acc[r][v]);
+          }
         } else {  // a partial edge block (only `cols` columns exist), or bf16 output
           float tmp[NC];
           for (int64_t r = 0; r < rows; ++r) {
@@ -276,6 +304,7 @@ void dense_sparse_tiles(void* raw, int64_t t0, int64_t t1) {
       }
     }
   }
+  if (c.stream) stream_fence();  // the streamed stores reach memory before the caller reads y
   free(tile);
 }
 
@@ -424,7 +453,13 @@ void sampled_blocks(void* raw, int64_t j0, int64_t j1) {
 // --------------------------------------------------------------- entry points
 bool dense_sparse(const DenseSparseProblem& p, ParallelFor parallel_for, const int32_t* outer,
                   const int64_t* panel_offset, float* panels, int64_t br0, int64_t br1) {
-  DenseSparseContext c{&p, outer, panel_offset, panels, vectors_for(p.block_out, FWD_MAX_NV), br0, br1 - br0, 0, 0, 0, 0};
+  DenseSparseContext c{&p,  outer, panel_offset, panels, vectors_for(p.block_out, FWD_MAX_NV), br0, br1 - br0,
+                       0,   0,     0,            0,      false};
+  // A large fp32 y is written with streaming stores: a y that cannot stay in cache would
+  // otherwise be read from memory (to own each line) before being overwritten, doubling its
+  // traffic. Only where every vector store covers whole aligned vectors.
+  c.stream = p.y_dtype == DType::kFloat32 && p.m * p.ldy * 4 >= STREAM_MIN_BYTES &&
+             reinterpret_cast<uintptr_t>(p.y) % (VL * 4) == 0 && p.ldy % VL == 0 && p.block_out % VL == 0;
   c.j0 = p.ptr[br0];
   const int64_t n_blocks = p.ptr[br1] - c.j0;
   if (n_blocks > 0) parallel_for(n_blocks, pack_weight_blocks, &c);

@@ -114,6 +114,13 @@ inline void __syncthreads() { emu::cta_barrier->arrive_and_wait(); }
 inline float atomicAdd(float* address, float value) {
   return std::atomic_ref<float>(*address).fetch_add(value);
 }
+inline unsigned int atomicAdd(unsigned int* address, unsigned int value) {
+  return std::atomic_ref<unsigned int>(*address).fetch_add(value);
+}
+inline int atomicAdd(int* address, int value) { return std::atomic_ref<int>(*address).fetch_add(value); }
+inline unsigned long long atomicAdd(unsigned long long* address, unsigned long long value) {
+  return std::atomic_ref<unsigned long long>(*address).fetch_add(value);
+}
 
 // The primitives of csrc/cuda/mma.cuh, same names and signatures.
 namespace sparsekern {
