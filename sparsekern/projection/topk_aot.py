@@ -9,13 +9,12 @@ for each dtype, with and without a floor mask, compiled with ``triton.compile`` 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 
 import torch
 
-from ..triton.aot import ARCHS, _ptxas_usage
+from ..triton.aot import ARCHS, compile_for_gpu
+from ..triton.aot import report_in_subprocess as _report_in_subprocess
 from ..triton.config import TRITON_DTYPES
 
 _POINTERS = {"hist_ptr": "*i32", "ties_ptr": "*i32", "counts_ptr": "*i32", "state_ptr": "*i64",
@@ -34,30 +33,14 @@ def _kernels():
 
 
 def compile_kernel(name: str, arch: int, dtype: torch.dtype, has_forced: bool) -> dict:
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
     fn, extra = _kernels()[name]
     constexprs = dict(extra)
-    names = fn.arg_names
-    if "HAS_FORCED" in names:
+    if "HAS_FORCED" in fn.arg_names:
         constexprs.update(HAS_FORCED=has_forced, KEY_BITS=32 if dtype == torch.float32 else 16, BLOCK_C=1024)
-    signature, attrs = {}, {}
-    for i, arg in enumerate(names):
-        if arg in constexprs:
-            signature[arg] = "constexpr"
-        elif arg == "stride_c":  # contiguous rows, as the JIT specialises them
-            signature[arg] = "constexpr"
-            constexprs[arg] = 1
-        elif arg.endswith("_ptr"):
-            signature[arg] = _POINTERS.get(arg, f"*{TRITON_DTYPES[dtype]}")
-            attrs[(i,)] = [["tt.divisibility", 16]]
-        else:
-            signature[arg] = "i32"
-    compiled = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs),
-                              target=GPUTarget("cuda", arch, 32), options={"num_warps": 4})
-    registers, spills = _ptxas_usage(compiled.asm["ptx"], arch)
+    _, registers, spills = compile_for_gpu(
+        fn, arch, constexprs, lambda arg: _POINTERS.get(arg, f"*{TRITON_DTYPES[dtype]}"),
+        unit_strides=("stride_c",), sizes_divisible=False, options={"num_warps": 4},
+    )
     return dict(kernel=name, arch=arch, dtype=TRITON_DTYPES[dtype], has_forced=has_forced,
                 registers=registers, spill_bytes=spills)
 
@@ -71,12 +54,7 @@ def default_cases():
 
 
 def report_in_subprocess(timeout: float = 900) -> list[dict]:
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    out = subprocess.run([sys.executable, "-m", "sparsekern.projection.topk_aot"], env=env, capture_output=True,
-                         text=True, timeout=timeout)
-    if out.returncode != 0:
-        raise RuntimeError(f"ahead-of-time compilation failed:\n{out.stderr[-4000:]}")
-    return json.loads(out.stdout)
+    return _report_in_subprocess(timeout, module="sparsekern.projection.topk_aot")
 
 
 if __name__ == "__main__":

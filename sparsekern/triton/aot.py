@@ -23,7 +23,6 @@ import tempfile
 import torch
 
 ARCHS = (80, 90)  # sm_80 (A100: mma.sync), sm_90a (H100: wgmma)
-TENSOR_CORE_DTYPES = (torch.float16, torch.bfloat16)
 
 
 @dataclasses.dataclass
@@ -37,10 +36,6 @@ class AotReport:
     spill_bytes: int
     shared_bytes: int
     tensor_core: str  # "wgmma", "mma.sync" or "none"
-
-    @property
-    def expects_tensor_cores(self) -> bool:
-        return self.dtype in ("fp16", "bf16") or self.tf32
 
 
 def _kernel_specs():
@@ -82,39 +77,55 @@ def _ptxas() -> str:
     return found
 
 
-def compile_kernel(name: str, arch: int, dtype: torch.dtype, block_size, tf32: bool = False) -> AotReport:
-    """Compile one kernel instantiation for ``sm_<arch>`` and read its resource use."""
+def compile_for_gpu(fn, arch: int, constexprs: dict, pointer_type, *, unit_strides=(), sizes_divisible=True,
+                    options=None):
+    """``triton.compile`` one JIT function for ``sm_<arch>`` without a GPU.
+
+    ``pointer_type(arg)`` gives each ``*_ptr`` argument's Triton type; ``unit_strides`` become
+    the constexpr 1 and pointers get 16-byte alignment, as the JIT specialises contiguous
+    tensors; ``sizes_divisible`` marks the other ints multiples of 16 (the common case).
+    Returns ``(compiled kernel, registers, spill bytes)``; ptxas -v gives the last two.
+    """
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         raise RuntimeError("ahead-of-time compilation needs a process without TRITON_INTERPRET=1")
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
+    constexprs = dict(constexprs)
+    signature, attrs = {}, {}
+    for i, arg in enumerate(fn.arg_names):
+        if arg in constexprs:
+            signature[arg] = "constexpr"
+        elif arg in unit_strides:
+            signature[arg] = "constexpr"
+            constexprs[arg] = 1
+        elif arg.endswith("_ptr"):
+            signature[arg] = pointer_type(arg)
+            attrs[(i,)] = [["tt.divisibility", 16]]
+        else:
+            signature[arg] = "i32"
+            if sizes_divisible:
+                attrs[(i,)] = [["tt.divisibility", 16]]
+    src = ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
+    compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options or {})
+    registers, spills = _ptxas_usage(compiled.asm["ptx"], arch)
+    return compiled, registers, spills
+
+
+def compile_kernel(name: str, arch: int, dtype: torch.dtype, block_size, tf32: bool = False) -> AotReport:
+    """Compile one matmul kernel instantiation for ``sm_<arch>`` and read its resource use."""
     from .config import TRITON_DTYPES
 
     fn, index_ptrs, unit_strides, constexprs_of, config_of = _kernel_specs()[name]
     bo, bi = block_size
     cfg = config_of(bo, bi, dtype)
-    constexprs = constexprs_of(bo, bi, tf32, cfg)
     ty = TRITON_DTYPES[dtype]
-    signature, attrs = {}, {}
-    for i, arg in enumerate(fn.arg_names):
-        if arg in constexprs:
-            signature[arg] = "constexpr"
-        elif arg in unit_strides:  # what the JIT specialises for contiguous tensors
-            signature[arg] = "constexpr"
-            constexprs[arg] = 1
-        elif arg.endswith("_ptr"):
-            signature[arg] = "*i32" if arg in index_ptrs else f"*{ty}"
-            attrs[(i,)] = [["tt.divisibility", 16]]
-        else:  # sizes and strides: the common case of multiples of 16, as the JIT specialises them
-            signature[arg] = "i32"
-            attrs[(i,)] = [["tt.divisibility", 16]]
-    src = ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
-    compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32),
-                              options={"num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"]})
+    compiled, registers, spills = compile_for_gpu(
+        fn, arch, constexprs_of(bo, bi, tf32, cfg), lambda arg: "*i32" if arg in index_ptrs else f"*{ty}",
+        unit_strides=unit_strides, options={"num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"]},
+    )
     ptx = compiled.asm["ptx"]
-    registers, spills = _ptxas_usage(ptx, arch)
     tensor_core = "wgmma" if "wgmma" in ptx else "mma.sync" if "mma.sync" in ptx else "none"
     return AotReport(name, arch, ty, (bo, bi), tf32, registers, spills, compiled.metadata.shared, tensor_core)
 
@@ -145,11 +156,11 @@ def default_cases():
             yield name, arch, torch.float32, (32, 32), False
 
 
-def report_in_subprocess(timeout: float = 900) -> list[dict]:
-    """Run ``default_cases`` in a fresh interpreter without TRITON_INTERPRET; list of dicts."""
+def report_in_subprocess(timeout: float = 900, module: str = "sparsekern.triton.aot") -> list[dict]:
+    """Run ``python -m <module>`` (it prints a JSON list) in a fresh interpreter without
+    TRITON_INTERPRET; by default this module's ``default_cases``."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    out = subprocess.run([sys.executable, "-m", "sparsekern.triton.aot"], env=env, capture_output=True,
-                         text=True, timeout=timeout)
+    out = subprocess.run([sys.executable, "-m", module], env=env, capture_output=True, text=True, timeout=timeout)
     if out.returncode != 0:
         raise RuntimeError(f"ahead-of-time compilation failed:\n{out.stderr[-4000:]}")
     return json.loads(out.stdout)
