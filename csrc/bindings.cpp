@@ -80,6 +80,52 @@ void check_matrix(const Tensor& t, const char* name, const at::Device& device) {
   TORCH_CHECK(t.device() == device, name, " must be on ", device, ", got ", t.device());
 }
 
+// The shape and dtype checks of the three products, the same for every device; `dev` is where
+// all of a call's tensors must be. Index *contents* are the device sections' business.
+void check_forward_args(const Tensor& x, const Tensor& weight, const std::optional<Tensor>& bias,
+                        const at::Device& dev, int64_t block_out, int64_t block_in) {
+  check_matrix(x, "x", dev);
+  check_matrix(weight, "weight", dev);
+  TORCH_CHECK(x.scalar_type() == weight.scalar_type(), "x must have weight's dtype ", weight.scalar_type(),
+              ", got ", x.scalar_type());
+  TORCH_CHECK(x.size(1) == weight.size(1), "x must have ", weight.size(1), " columns (weight's in_features), got ",
+              x.size(1));
+  if (bias.has_value()) {
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == weight.size(0), "bias must have shape (", weight.size(0),
+                ",), got ", bias->sizes());
+    TORCH_CHECK(bias->device() == dev, "bias must be on ", dev, ", got ", bias->device());
+    TORCH_CHECK(bias->scalar_type() == weight.scalar_type(), "bias must have weight's dtype ",
+                weight.scalar_type(), ", got ", bias->scalar_type());
+  }
+  check_block_sides(block_out, block_in);
+}
+
+void check_grad_input_args(const Tensor& grad_out, const Tensor& weight, const at::Device& dev, int64_t block_out,
+                           int64_t block_in) {
+  check_matrix(grad_out, "grad_out", dev);
+  check_matrix(weight, "weight", dev);
+  TORCH_CHECK(grad_out.scalar_type() == weight.scalar_type(), "grad_out must have weight's dtype ",
+              weight.scalar_type(), ", got ", grad_out.scalar_type());
+  TORCH_CHECK(grad_out.size(1) == weight.size(0), "grad_out must have ", weight.size(0),
+              " columns (weight's out_features), got ", grad_out.size(1));
+  check_block_sides(block_out, block_in);
+}
+
+void check_grad_weight_args(const Tensor& grad_out, const Tensor& x, const Tensor& block_row, const Tensor& col_idx,
+                            const at::Device& dev, int64_t block_out, int64_t block_in) {
+  check_matrix(grad_out, "grad_out", dev);
+  check_matrix(x, "x", dev);
+  TORCH_CHECK(grad_out.scalar_type() == x.scalar_type(), "grad_out must have x's dtype ", x.scalar_type(),
+              ", got ", grad_out.scalar_type());
+  TORCH_CHECK(grad_out.size(0) == x.size(0), "grad_out and x must have the same number of rows, got ",
+              grad_out.size(0), " and ", x.size(0));
+  check_block_sides(block_out, block_in);
+  check_index_tensor(block_row, "block_row", dev);
+  check_index_tensor(col_idx, "col_idx", dev);
+  TORCH_CHECK(block_row.numel() == col_idx.numel(), "block_row and col_idx must have the same length, got ",
+              block_row.numel(), " and ", col_idx.numel());
+}
+
 // ================================================================= CPU section
 
 namespace cpu = sparsekern::cpu;
@@ -159,21 +205,8 @@ Tensor dense_sparse(const Tensor& a, const Tensor& w, const std::optional<Tensor
 Tensor bsmm_forward_cpu(const Tensor& x, const Tensor& weight, const std::optional<Tensor>& bias,
                         const Tensor& row_ptr, const Tensor& col_idx, int64_t block_out, int64_t block_in,
                         const std::optional<Tensor>& out) {
-  const at::Device dev(at::kCPU);
-  check_matrix(x, "x", dev);
-  check_matrix(weight, "weight", dev);
+  check_forward_args(x, weight, bias, at::Device(at::kCPU), block_out, block_in);
   check_cpu_dtype(weight, "weight");
-  TORCH_CHECK(x.scalar_type() == weight.scalar_type(), "x must have weight's dtype ", weight.scalar_type(),
-              ", got ", x.scalar_type());
-  TORCH_CHECK(x.size(1) == weight.size(1), "x must have ", weight.size(1), " columns (weight's in_features), got ",
-              x.size(1));
-  if (bias.has_value()) {
-    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == weight.size(0), "bias must have shape (", weight.size(0),
-                ",), got ", bias->sizes());
-    TORCH_CHECK(bias->scalar_type() == weight.scalar_type() && bias->device() == dev,
-                "bias must match weight's dtype and device");
-  }
-  check_block_sides(block_out, block_in);
   check_compressed(row_ptr, "row_ptr", col_idx, "col_idx", idx::num_blocks(weight.size(0), block_out),
                    idx::num_blocks(weight.size(1), block_in));
   return dense_sparse(x, weight, bias, row_ptr, col_idx, block_out, block_in, out);
@@ -182,15 +215,8 @@ Tensor bsmm_forward_cpu(const Tensor& x, const Tensor& weight, const std::option
 Tensor bsmm_grad_input_cpu(const Tensor& grad_out, const Tensor& weight, const Tensor& col_ptr,
                            const Tensor& row_idx, int64_t block_out, int64_t block_in,
                            const std::optional<Tensor>& out) {
-  const at::Device dev(at::kCPU);
-  check_matrix(grad_out, "grad_out", dev);
-  check_matrix(weight, "weight", dev);
+  check_grad_input_args(grad_out, weight, at::Device(at::kCPU), block_out, block_in);
   check_cpu_dtype(weight, "weight");
-  TORCH_CHECK(grad_out.scalar_type() == weight.scalar_type(), "grad_out must have weight's dtype ",
-              weight.scalar_type(), ", got ", grad_out.scalar_type());
-  TORCH_CHECK(grad_out.size(1) == weight.size(0), "grad_out must have ", weight.size(0),
-              " columns (weight's out_features), got ", grad_out.size(1));
-  check_block_sides(block_out, block_in);
   check_compressed(col_ptr, "col_ptr", row_idx, "row_idx", idx::num_blocks(weight.size(1), block_in),
                    idx::num_blocks(weight.size(0), block_out));
   // The forward kernel on W.T: its block rows are W's block columns, walked by the transposed index.
@@ -200,19 +226,8 @@ Tensor bsmm_grad_input_cpu(const Tensor& grad_out, const Tensor& weight, const T
 Tensor bsmm_grad_weight_cpu(const Tensor& grad_out, const Tensor& x, const Tensor& block_row,
                             const Tensor& col_idx, int64_t block_out, int64_t block_in,
                             const std::optional<Tensor>& out) {
-  const at::Device dev(at::kCPU);
-  check_matrix(grad_out, "grad_out", dev);
-  check_matrix(x, "x", dev);
+  check_grad_weight_args(grad_out, x, block_row, col_idx, at::Device(at::kCPU), block_out, block_in);
   check_cpu_dtype(x, "x");
-  TORCH_CHECK(grad_out.scalar_type() == x.scalar_type(), "grad_out must have x's dtype ", x.scalar_type(),
-              ", got ", grad_out.scalar_type());
-  TORCH_CHECK(grad_out.size(0) == x.size(0), "grad_out and x must have the same number of rows, got ",
-              grad_out.size(0), " and ", x.size(0));
-  check_block_sides(block_out, block_in);
-  check_index_tensor(block_row, "block_row", dev);
-  check_index_tensor(col_idx, "col_idx", dev);
-  TORCH_CHECK(block_row.numel() == col_idx.numel(), "block_row and col_idx must have the same length, got ",
-              block_row.numel(), " and ", col_idx.numel());
   const int64_t n = grad_out.size(1), k = x.size(1);
   const int err = idx::check_coordinates(block_row.data_ptr<int32_t>(), col_idx.data_ptr<int32_t>(),
                                          col_idx.numel(), idx::num_blocks(n, block_out),
@@ -384,17 +399,6 @@ sk_cuda::DType cuda_dtype(const Tensor& t, const char* name) {
   return sk_cuda::DType::kFloat32;  // unreachable
 }
 
-// A CUDA matrix on `device` (the first operand's: every tensor of a call on the same GPU).
-void check_cuda_matrix(const Tensor& t, const char* name, const at::Device& device) {
-  TORCH_CHECK(t.is_cuda(), name, " must be a CUDA tensor for the cuda backend, got ", t.device());
-  check_matrix(t, name, device);
-}
-
-void check_same_dtype(const Tensor& t, const char* name, const Tensor& ref, const char* ref_name) {
-  TORCH_CHECK_TYPE(t.scalar_type() == ref.scalar_type(), name, " must have ", ref_name, "'s dtype ",
-                   ref.scalar_type(), ", got ", t.scalar_type());
-}
-
 void check_launch(cudaError_t err, const char* what) {
   TORCH_CHECK(err == cudaSuccess, "sparsekern cuda: ", what, " failed: ", cudaGetErrorString(err));
 }
@@ -436,19 +440,8 @@ Tensor bsmm_forward_cuda(const Tensor& x, const Tensor& weight, const std::optio
                          bool allow_tf32, const std::optional<Tensor>& out) {
   TORCH_CHECK(x.is_cuda(), "x must be a CUDA tensor for the cuda backend, got ", x.device());
   const at::Device dev = x.device();
-  check_cuda_matrix(x, "x", dev);
-  check_cuda_matrix(weight, "weight", dev);
+  check_forward_args(x, weight, bias, dev, block_out, block_in);
   cuda_dtype(weight, "weight");
-  check_same_dtype(x, "x", weight, "weight");
-  TORCH_CHECK(x.size(1) == weight.size(1), "x must have ", weight.size(1), " columns (weight's in_features), got ",
-              x.size(1));
-  if (bias.has_value()) {
-    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == weight.size(0), "bias must have shape (", weight.size(0),
-                ",), got ", bias->sizes());
-    TORCH_CHECK(bias->device() == dev, "bias must be on ", dev, ", got ", bias->device());
-    check_same_dtype(*bias, "bias", weight, "weight");
-  }
-  check_block_sides(block_out, block_in);
   check_index_tensor(row_ptr, "row_ptr", dev);
   check_index_tensor(col_idx, "col_idx", dev);
   const int64_t n_block_rows = idx::num_blocks(weight.size(0), block_out);
@@ -464,13 +457,8 @@ Tensor bsmm_grad_input_cuda(const Tensor& grad_out, const Tensor& weight, const 
                             const std::optional<Tensor>& out) {
   TORCH_CHECK(grad_out.is_cuda(), "grad_out must be a CUDA tensor for the cuda backend, got ", grad_out.device());
   const at::Device dev = grad_out.device();
-  check_cuda_matrix(grad_out, "grad_out", dev);
-  check_cuda_matrix(weight, "weight", dev);
+  check_grad_input_args(grad_out, weight, dev, block_out, block_in);
   cuda_dtype(weight, "weight");
-  check_same_dtype(grad_out, "grad_out", weight, "weight");
-  TORCH_CHECK(grad_out.size(1) == weight.size(0), "grad_out must have ", weight.size(0),
-              " columns (weight's out_features), got ", grad_out.size(1));
-  check_block_sides(block_out, block_in);
   check_index_tensor(col_ptr, "col_ptr", dev);
   check_index_tensor(row_idx, "row_idx", dev);
   const int64_t n_block_cols = idx::num_blocks(weight.size(1), block_in);
@@ -487,17 +475,8 @@ Tensor bsmm_grad_weight_cuda(const Tensor& grad_out, const Tensor& x, const Tens
                              const std::optional<Tensor>& out) {
   TORCH_CHECK(x.is_cuda(), "x must be a CUDA tensor for the cuda backend, got ", x.device());
   const at::Device dev = x.device();
-  check_cuda_matrix(grad_out, "grad_out", dev);
-  check_cuda_matrix(x, "x", dev);
+  check_grad_weight_args(grad_out, x, block_row, col_idx, dev, block_out, block_in);
   const sk_cuda::DType dtype = cuda_dtype(x, "x");
-  check_same_dtype(grad_out, "grad_out", x, "x");
-  TORCH_CHECK(grad_out.size(0) == x.size(0), "grad_out and x must have the same number of rows, got ",
-              grad_out.size(0), " and ", x.size(0));
-  check_block_sides(block_out, block_in);
-  check_index_tensor(block_row, "block_row", dev);
-  check_index_tensor(col_idx, "col_idx", dev);
-  TORCH_CHECK(block_row.numel() == col_idx.numel(), "block_row and col_idx must have the same length, got ",
-              block_row.numel(), " and ", col_idx.numel());
   const c10::cuda::CUDAGuard guard(dev);
   const int64_t m = x.size(0), n = grad_out.size(1), k = x.size(1), nnz = col_idx.numel();
   Tensor dw = output(out, {n, k}, x);
