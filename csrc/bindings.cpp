@@ -62,14 +62,20 @@ void check_index_tensor(const Tensor& t, const char* name, const at::Device& dev
   TORCH_CHECK(t.device() == device, name, " must be on ", device, ", got ", t.device());
 }
 
-// A compressed index (ptr over n_outer blocks, idx into n_inner): lengths, then O(nnz) contents.
-void check_compressed(const Tensor& ptr, const char* ptr_name, const Tensor& ind, const char* ind_name,
-                      int64_t n_outer, int64_t n_inner) {
-  // The O(nnz) check below reads the index on the host.
-  check_index_tensor(ptr, ptr_name, at::Device(at::kCPU));
-  check_index_tensor(ind, ind_name, at::Device(at::kCPU));
+// A compressed index (ptr over n_outer blocks, idx into it) on `device`: dtypes and lengths.
+void check_compressed_shape(const Tensor& ptr, const char* ptr_name, const Tensor& ind, const char* ind_name,
+                            int64_t n_outer, const at::Device& device) {
+  check_index_tensor(ptr, ptr_name, device);
+  check_index_tensor(ind, ind_name, device);
   TORCH_CHECK(ptr.numel() == n_outer + 1, ptr_name, " must have ", n_outer + 1, " entries (blocks + 1), got ",
               ptr.numel());
+}
+
+// The same, plus its O(nnz) contents (read on the host: CPU tensors only), so that every
+// index lies in [0, n_inner).
+void check_compressed(const Tensor& ptr, const char* ptr_name, const Tensor& ind, const char* ind_name,
+                      int64_t n_outer, int64_t n_inner) {
+  check_compressed_shape(ptr, ptr_name, ind, ind_name, n_outer, at::Device(at::kCPU));
   const int err = idx::check_compressed(ptr.data_ptr<int32_t>(), n_outer, ind.data_ptr<int32_t>(), ind.numel(),
                                         n_inner);
   TORCH_CHECK(err == idx::kIndexOk, "invalid block index (", ptr_name, ", ", ind_name, "): ", idx::describe(err));
@@ -442,11 +448,7 @@ Tensor bsmm_forward_cuda(const Tensor& x, const Tensor& weight, const std::optio
   const at::Device dev = x.device();
   check_forward_args(x, weight, bias, dev, block_out, block_in);
   cuda_dtype(weight, "weight");
-  check_index_tensor(row_ptr, "row_ptr", dev);
-  check_index_tensor(col_idx, "col_idx", dev);
-  const int64_t n_block_rows = idx::num_blocks(weight.size(0), block_out);
-  TORCH_CHECK(row_ptr.numel() == n_block_rows + 1, "row_ptr must have ", n_block_rows + 1,
-              " entries (block rows + 1), got ", row_ptr.numel());
+  check_compressed_shape(row_ptr, "row_ptr", col_idx, "col_idx", idx::num_blocks(weight.size(0), block_out), dev);
   // B = weight.T: B(k, n) = weight[n, k].
   return dense_sparse_cuda(x, weight, weight.stride(1), weight.stride(0), weight.size(0), bias, row_ptr, col_idx,
                            block_in, block_out, allow_tf32, out, "bsmm_forward_cuda");
@@ -459,11 +461,7 @@ Tensor bsmm_grad_input_cuda(const Tensor& grad_out, const Tensor& weight, const 
   const at::Device dev = grad_out.device();
   check_grad_input_args(grad_out, weight, dev, block_out, block_in);
   cuda_dtype(weight, "weight");
-  check_index_tensor(col_ptr, "col_ptr", dev);
-  check_index_tensor(row_idx, "row_idx", dev);
-  const int64_t n_block_cols = idx::num_blocks(weight.size(1), block_in);
-  TORCH_CHECK(col_ptr.numel() == n_block_cols + 1, "col_ptr must have ", n_block_cols + 1,
-              " entries (block columns + 1), got ", col_ptr.numel());
+  check_compressed_shape(col_ptr, "col_ptr", row_idx, "row_idx", idx::num_blocks(weight.size(1), block_in), dev);
   // The forward kernel again, walking the transposed index over the untransposed weight:
   // B = weight, B(k, n) = weight[k, n], blocks block_out (k) x block_in (n).
   return dense_sparse_cuda(grad_out, weight, weight.stride(0), weight.stride(1), weight.size(1), std::nullopt,

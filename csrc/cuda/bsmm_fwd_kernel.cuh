@@ -69,9 +69,7 @@ __global__ void __launch_bounds__(TileMma<MODE, kFwdTileM, TN, true, B_KCONTIG>:
     Tile::load_stage(sm, stage, a, b, tid);
   };
 
-  float acc[Tile::ACC];
-#pragma unroll
-  for (int i = 0; i < Tile::ACC; ++i) acc[i] = 0.0f;
+  float acc[Tile::ACC];  // zeroed by mainloop
   Tile::mainloop(sm, acc, nsteps, tid, load);
 
   Tile::for_each_output(acc, tid, [&](int r, int c, float v) {

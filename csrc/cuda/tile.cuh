@@ -282,9 +282,11 @@ struct TileMma {
   }
 
   // Runs the pipelined main loop over steps [0, nsteps): load(step, stage) fills a stage
-  // (through load_stage), then every stage is multiplied in order into acc.
+  // (through load_stage), then every stage is multiplied in order into acc, zeroed first.
   template <class L>
   static __device__ __forceinline__ void mainloop(Smem& sm, float (&acc)[ACC], int nsteps, int tid, L&& load) {
+#pragma unroll
+    for (int i = 0; i < ACC; ++i) acc[i] = 0.0f;  // the product starts from zero
 #pragma unroll
     for (int s = 0; s < STAGES - 1; ++s) {
       if (s < nsteps) load(s, s);
