@@ -75,11 +75,17 @@ class SparseLinear(nn.Module):
         ``self.granularity``. ``min_per_row`` floors every output row (neuron), in entries
         (blocks). Returns the ``sparsekern.ProjectionResult``; see ``sparsekern.topk_project_``.
         """
-        prepared = prepare_projection(
+        return self.apply_projection(self.plan_projection(density, granularity=granularity,
+                                                          min_per_row=min_per_row, backend=backend))
+
+    def plan_projection(self, density: float | None = None, *, granularity: str | None = None,
+                        min_per_row: int = 0, backend: str | None = None):
+        """The first half of ``project_``: checks and plans, writes nothing (a bad argument
+        raises here with the weight untouched). ``apply_projection`` carries it out."""
+        return prepare_projection(
             self.weight, self._projection_k(density, granularity), granularity=granularity or self.granularity,
             block_size=self.block_size, min_per_row=min_per_row, backend=backend,
         )
-        return self._finish_projection(prepared)
 
     def _projection_k(self, density, granularity) -> int:
         density = self.density if density is None else check_density(density)
@@ -88,8 +94,9 @@ class SparseLinear(nn.Module):
             return count_for_density(density, n_rows * n_cols)
         return count_for_density(density, self.out_features * self.in_features)
 
-    def _finish_projection(self, prepared):
-        result = prepared.apply()
+    def apply_projection(self, plan):
+        """The second half of ``project_``: writes the weight and rebuilds the layout."""
+        result = plan.apply()
         self.layout = BlockLayout.from_block_mask(result.block_counts > 0, self.block_size,
                                                   (self.out_features, self.in_features))
         return result

@@ -19,7 +19,7 @@ from torch import nn
 
 from .layout import check_density
 from .module import SparseLinear
-from .projection.topk_project import GRANULARITIES, prepare_projection
+from .projection.topk_project import GRANULARITIES
 
 
 def _patterns(value, name: str) -> list[str] | None:
@@ -108,13 +108,10 @@ class Projector:
     def step(self) -> list:
         """Project every layer at ``schedule(self.steps)``; returns their ``ProjectionResult``s."""
         density = check_density(self.schedule(self.steps), "schedule(step)")
-        prepared = [
-            prepare_projection(layer.weight, layer._projection_k(density, self.granularity),
-                               granularity=self.granularity, block_size=layer.block_size,
-                               min_per_row=self.min_per_neuron, backend=self.backend)
-            for layer in self.layers
-        ]
-        results = [layer._finish_projection(p) for layer, p in zip(self.layers, prepared)]
+        # Every layer planned (and checked) before any is written: a failing step changes nothing.
+        plans = [layer.plan_projection(density, granularity=self.granularity, min_per_row=self.min_per_neuron,
+                                       backend=self.backend) for layer in self.layers]
+        results = [layer.apply_projection(plan) for layer, plan in zip(self.layers, plans)]
         if self.zero_pruned_state:
             self._zero_state()
         self.steps += 1
