@@ -51,6 +51,40 @@ inline Vec vadd(Vec a, Vec b) { return {_mm512_add_ps(a.v, b.v)}; }
 inline void vstore(float* p, Vec a) { _mm512_storeu_ps(p, a.v); }
 inline void vstream(float* p, Vec a) { _mm512_stream_ps(p, a.v); }  // p on a 64-byte boundary
 inline void stream_fence() { _mm_sfence(); }
+// dst[c * ldd + r] = src[r * lds + c] for r, c < VL: unpack pairs of rows, then pairs of
+// pairs, then exchange 128-bit lanes twice. (GCC 12 warns inside its own intrinsics here,
+// about the undefined vector they start from.)
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+inline void transpose_tile(const float* src, int64_t lds, float* dst, int64_t ldd) {
+  __m512 r[16], t[16];
+  for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(src + i * lds);
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 16; i += 4) {
+    r[i] = _mm512_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+    r[i + 1] = _mm512_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+    r[i + 2] = _mm512_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+    r[i + 3] = _mm512_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+  }
+  for (int h = 0; h < 16; h += 8)
+    for (int i = 0; i < 4; ++i) {
+      t[h + i] = _mm512_shuffle_f32x4(r[h + i], r[h + i + 4], 0x88);
+      t[h + i + 4] = _mm512_shuffle_f32x4(r[h + i], r[h + i + 4], 0xdd);
+    }
+  for (int i = 0; i < 8; ++i) {
+    _mm512_storeu_ps(dst + i * ldd, _mm512_shuffle_f32x4(t[i], t[i + 8], 0x88));
+    _mm512_storeu_ps(dst + (i + 8) * ldd, _mm512_shuffle_f32x4(t[i], t[i + 8], 0xdd));
+  }
+}
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
 #elif defined(SK_KERNELS_AVX2)
 constexpr int VL = 8, MAX_NV = 2, FWD_MAX_NV = 2, FWD_ACC = 12, FWD_MR1 = 12, GW_ACC = 8;
 struct Vec { __m256 v; };
@@ -62,6 +96,25 @@ inline Vec vadd(Vec a, Vec b) { return {_mm256_add_ps(a.v, b.v)}; }
 inline void vstore(float* p, Vec a) { _mm256_storeu_ps(p, a.v); }
 inline void vstream(float* p, Vec a) { _mm256_stream_ps(p, a.v); }  // p on a 32-byte boundary
 inline void stream_fence() { _mm_sfence(); }
+// dst[c * ldd + r] = src[r * lds + c] for r, c < VL (as the AVX-512 one, one lane exchange).
+inline void transpose_tile(const float* src, int64_t lds, float* dst, int64_t ldd) {
+  __m256 r[8], t[8];
+  for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(src + i * lds);
+  for (int i = 0; i < 8; i += 2) {
+    t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 8; i += 4) {
+    r[i] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+    r[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+    r[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+    r[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+  }
+  for (int i = 0; i < 4; ++i) {
+    _mm256_storeu_ps(dst + i * ldd, _mm256_permute2f128_ps(r[i], r[i + 4], 0x20));
+    _mm256_storeu_ps(dst + (i + 4) * ldd, _mm256_permute2f128_ps(r[i], r[i + 4], 0x31));
+  }
+}
 #else
 // Portable: plain loops the compiler may vectorise for the baseline ISA.
 constexpr int VL = 8, MAX_NV = 2, FWD_MAX_NV = 2, FWD_ACC = 12, FWD_MR1 = 12, GW_ACC = 8;
@@ -74,6 +127,10 @@ inline Vec vadd(Vec a, Vec b) { for (int l = 0; l < VL; ++l) a.v[l] += b.v[l]; r
 inline void vstore(float* p, Vec a) { for (int l = 0; l < VL; ++l) p[l] = a.v[l]; }
 inline void vstream(float* p, Vec a) { vstore(p, a); }
 inline void stream_fence() {}
+inline void transpose_tile(const float* src, int64_t lds, float* dst, int64_t ldd) {
+  for (int r = 0; r < VL; ++r)
+    for (int c = 0; c < VL; ++c) dst[c * ldd + r] = src[r * lds + c];
+}
 #endif
 
 inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
@@ -155,8 +212,25 @@ void pack_weight_blocks(void* raw, int64_t j0, int64_t j1) {
       for (int64_t n = 0; n < lines; ++n)
         for (int64_t b = 0; b < span; b += 64) __builtin_prefetch(next + n * stride + b, 0, 3);
     }
+    if (w.stride_row == 1 && w.dtype == DType::kFloat32 && ne == bo && bo % nc == 0) {
+      // w is a transposed view (the input gradient) whose block is whole: each column of the
+      // block (a memory row) is copied, chunk by chunk, as vectors.
+      const float* src = static_cast<const float*>(w.data) + base;
+      for (int64_t k = 0; k < ke; ++k, src += w.stride_col)
+        for (int64_t n0 = 0; n0 < bo; n0 += nc)
+          for (int64_t q = 0; q < nc; q += VL) vstore(dst + ((n0 / nc) * ke + k) * nc + q, vload(src + n0 + q));
+      continue;
+    }
+    if (w.stride_col == 1 && w.dtype == DType::kFloat32 && ne == bo && bo % nc == 0 && ke % VL == 0) {
+      // The forward's whole fp32 block: transposed a VL x VL tile at a time.
+      const float* src = static_cast<const float*>(w.data) + base;
+      for (int64_t n0 = 0; n0 < bo; n0 += VL)
+        for (int64_t k0 = 0; k0 < ke; k0 += VL)
+          transpose_tile(src + n0 * w.stride_row + k0, w.stride_row, dst + ((n0 / nc) * ke + k0) * nc + n0 % nc, nc);
+      continue;
+    }
     if (w.stride_row <= w.stride_col) {
-      // w is a transposed view (the input gradient): walk memory order, k outer, n inner.
+      // w is a transposed view: walk memory order, k outer, n inner.
       for (int64_t k = 0; k < ke; ++k) {
         const int64_t src = base + k * w.stride_col;
         for (int64_t n = 0; n < bo; ++n)
@@ -314,9 +388,10 @@ void dense_sparse_tiles(void* raw, int64_t t0, int64_t t1) {
 // x_panels[c][m][bi] (zero-padded at the edges): a block's operands are then two contiguous
 // streams over M, where in place their rows lie a whole row stride apart (a TLB miss per row,
 // and no hardware prefetch). Then each block, over chunks of M_CHUNK rows (L1-resident),
-// accumulates its microtiles in registers, and across chunks in a per-thread fp32 buffer;
-// it is stored once, converted to dw's dtype. Runs of blocks of one block row go together so
-// that the dy panel is read from L2.
+// accumulates its microtiles in registers, and across chunks in dw itself (a whole fp32
+// block) or in a per-thread fp32 buffer stored once at the end, converted to dw's dtype (an
+// edge block, or bf16). Runs of blocks of one block row go together so that the dy panel is
+// read from L2.
 
 constexpr int64_t M_CHUNK = 128;
 constexpr int64_t RUN = 8;  // blocks of one block row computed together
@@ -331,45 +406,57 @@ struct SampledContext {
   bool accumulate;     // add to dw (a later chunk) instead of storing
 };
 
-// Row m of src (extent columns, leading dim ld) -> panels[b][m][width] for every block b.
-inline void pack_row_into_panels(const float* src, int64_t extent, int64_t width, int64_t m, int64_t m_total,
-                                 float* panels) {
+// Rows [m0, m1) of src (extent columns, leading dimension ld) -> panels[b][m][width] for every
+// block b. A few rows at a time (PACK_ROWS), panel by panel: each panel then takes a run of
+// rows contiguous in it, from a few read streams, where a row at a time would write to every
+// panel at once.
+constexpr int64_t PACK_ROWS = 8;
+
+inline void pack_rows_into_panels(const float* src, int64_t ld, int64_t extent, int64_t width, int64_t m0,
+                                  int64_t m1, int64_t m_total, float* panels) {
   const int64_t full = extent / width;
   for (int64_t b = 0; b < full; ++b) {
-    const float* s = src + b * width;
-    float* d = panels + (b * m_total + m) * width;
-    for (int64_t q = 0; q < width; q += VL) vstore(d + q, vload(s + q));
+    const float* s = src + m0 * ld + b * width;
+    float* d = panels + (b * m_total + m0) * width;
+    for (int64_t m = m0; m < m1; ++m, s += ld, d += width)
+      for (int64_t q = 0; q < width; q += VL) vstore(d + q, vload(s + q));
   }
   if (full * width < extent) {  // the partial edge block
-    const float* s = src + full * width;
-    float* d = panels + (full * m_total + m) * width;
     const int64_t rest = extent - full * width;
-    for (int64_t q = 0; q < width; ++q) d[q] = q < rest ? s[q] : 0.f;
+    for (int64_t m = m0; m < m1; ++m) {
+      const float* s = src + m * ld + full * width;
+      float* d = panels + (full * m_total + m) * width;
+      for (int64_t q = 0; q < width; ++q) d[q] = q < rest ? s[q] : 0.f;
+    }
   }
 }
 
 void pack_panels(void* raw, int64_t m0, int64_t m1) {
   const auto& c = *static_cast<const SampledContext*>(raw);
   const auto& p = *c.p;
-  for (int64_t m = m0; m < m1; ++m) {
-    pack_row_into_panels(p.dy + (c.row0 + m) * p.ldd, p.n, p.block_out, m, c.rows, c.dy_panels);
-    pack_row_into_panels(p.x + (c.row0 + m) * p.ldx, p.k, p.block_in, m, c.rows, c.x_panels);
+  for (int64_t g = m0; g < m1; g += PACK_ROWS) {
+    const int64_t ge = min64(g + PACK_ROWS, m1);
+    pack_rows_into_panels(p.dy + c.row0 * p.ldd, p.ldd, p.n, p.block_out, g, ge, c.rows, c.dy_panels);
+    pack_rows_into_panels(p.x + c.row0 * p.ldx, p.ldx, p.k, p.block_in, g, ge, c.rows, c.x_panels);
   }
 }
 
 // acc (+)= dy[0:mc, 0:MR].T @ x[0:mc, 0:NC] from packed rows, kept in buf (leading dim ldb).
-// `ahead`, when not null, is the next chunk to stream (ahead_ld floats per row): prefetched a
-// row per iteration, since the hardware prefetcher stops at every page of a new panel.
+// [ahead, ahead + 16 * ahead_lines) is part of what streams next: asked for evenly over the
+// iterations (the hardware prefetcher stops at every page of a new panel, and a burst of
+// requests would stall the loop once the core's few outstanding misses are taken).
 template <int MR, int NV>
 inline void sampled_micro(const float* dy, int64_t ldd, const float* x, int64_t ldx, int64_t mc, float* buf,
-                          int64_t ldb, bool first, const float* ahead, int64_t ahead_ld) {
+                          int64_t ldb, bool first, const float* ahead, int64_t ahead_lines) {
   Vec acc[MR][NV];
   for (int r = 0; r < MR; ++r)
     for (int v = 0; v < NV; ++v) acc[r][v] = first ? vzero() : vload(buf + r * ldb + v * VL);
+  const int64_t per_row = ahead_lines > 0 ? index::ceil_div(ahead_lines, mc) : 0;
+  const float* const ahead_end = ahead + 16 * ahead_lines;
   for (int64_t m = 0; m < mc; ++m) {
-    if (ahead) {
-      for (int64_t q = 0; q < ahead_ld; q += 16) __builtin_prefetch(ahead + q, 0, 3);
-      ahead += ahead_ld;
+    if (per_row > 0 && ahead < ahead_end) {
+      for (int64_t l = 0; l < per_row; ++l) __builtin_prefetch(ahead + 16 * l, 0, 3);
+      ahead += 16 * per_row;
     }
     Vec xv[NV];
     for (int v = 0; v < NV; ++v) xv[v] = vload(x + v * VL);
@@ -400,6 +487,11 @@ void sampled_blocks(void* raw, int64_t j0, int64_t j1) {
     int64_t jb = ja + 1;
     while (jb < j1 && jb - ja < RUN && p.block_row[jb] == br) ++jb;
     const int64_t ie = block_extent(br, bo, p.n);
+    // fp32 blocks wholly inside dw accumulate in place, not in `acc`: no copy into dw (and
+    // re-read of it) per chunk of M.
+    auto in_place = [&](int64_t j) {
+      return p.dw_dtype == DType::kFloat32 && c.rows > 0 && ie == bo && block_extent(p.col_idx[j], bi, p.k) == bi;
+    };
     const float* dy_panel = c.dy_panels + br * c.rows * bo;
     if (c.rows == 0)
       for (int64_t e = 0; e < (jb - ja) * bo * bi; ++e) acc[e] = 0.f;
@@ -407,24 +499,36 @@ void sampled_blocks(void* raw, int64_t j0, int64_t j1) {
       const int64_t mc = min64(M_CHUNK, c.rows - m0);
       for (int64_t j = ja; j < jb; ++j) {
         const float* x_panel = c.x_panels + (p.col_idx[j] * c.rows + m0) * bi;
-        float* a = acc + (j - ja) * bo * bi;
+        const bool direct = in_place(j);
+        float* a = direct ? static_cast<float*>(p.dw) + br * bo * p.ldw + p.col_idx[j] * bi : acc + (j - ja) * bo * bi;
+        const int64_t ld_a = direct ? p.ldw : bi;
+        const bool first = m0 == 0 && !(direct && c.accumulate);  // start from zero, not from a
         // What streams next: the next block's x chunk, or the next chunk of this row's dy
         // and of the run's first block (mc rows of the next chunk are at most mc rows).
         const float* x_ahead = j + 1 < jb ? c.x_panels + (p.col_idx[j + 1] * c.rows + m0) * bi
                                : m0 + M_CHUNK < c.rows ? c.x_panels + (p.col_idx[ja] * c.rows + m0 + M_CHUNK) * bi
                                                     : nullptr;
         const float* dy_ahead = j + 1 == jb && m0 + M_CHUNK < c.rows ? dy_panel + (m0 + M_CHUNK) * bo : nullptr;
+        // Their lines are spread over the block's microtiles: the next x chunk over all of
+        // them, or over the first half and the next dy chunk over the second.
+        const int64_t tiles = (bo / MR) * index::ceil_div(bi, NC);
+        const int64_t x_tiles = dy_ahead && tiles > 1 ? tiles / 2 : tiles;
+        const int64_t x_lines = x_ahead ? mc * bi / 16 : 0, dy_lines = dy_ahead && tiles > 1 ? mc * bo / 16 : 0;
+        int64_t u = 0;
         for (int64_t i0 = 0; i0 < bo; i0 += MR) {
-          // The first microtile row prefetches the next x chunk, the second the next dy chunk.
-          const float* ahead = i0 == 0 ? x_ahead : i0 == MR ? dy_ahead : nullptr;
-          const int64_t ahead_ld = i0 == 0 ? bi : bo;
-          for (int64_t q0 = 0; q0 < bi; q0 += NC)
-            sampled_micro<MR, NV>(dy_panel + m0 * bo + i0, bo, x_panel + q0, bi, mc, a + i0 * bi + q0, bi, m0 == 0,
-                                  q0 == 0 ? ahead : nullptr, ahead_ld);
+          for (int64_t q0 = 0; q0 < bi; q0 += NC, ++u) {
+            const bool on_x = u < x_tiles;
+            const int64_t lines = on_x ? x_lines : dy_lines, n = on_x ? x_tiles : tiles - x_tiles, v = on_x ? u : u - x_tiles;
+            const int64_t l0 = lines * v / n, l1 = lines * (v + 1) / n;
+            const float* ahead = (on_x ? x_ahead : dy_ahead);
+            sampled_micro<MR, NV>(dy_panel + m0 * bo + i0, bo, x_panel + q0, bi, mc, a + i0 * ld_a + q0, ld_a, first,
+                                  ahead ? ahead + 16 * l0 : nullptr, l1 - l0);
+          }
         }
       }
     }
     for (int64_t j = ja; j < jb; ++j) {
+      if (in_place(j)) continue;  // already in dw
       const int64_t bc = p.col_idx[j], ke = block_extent(bc, bi, p.k);
       const float* a = acc + (j - ja) * bo * bi;
       const int64_t out0 = br * bo * p.ldw + bc * bi;
