@@ -197,10 +197,15 @@ cpu::DType dtype_of(const Tensor& t) {
 Tensor dense_sparse(const Tensor& a, const Tensor& w, const std::optional<Tensor>& bias, const Tensor& ptr,
                     const Tensor& ind, int64_t block_out, int64_t block_in, const std::optional<Tensor>& out) {
   Tensor y = output(out, {a.size(0), w.size(0)}, a);
-  const Tensor a32 = rows_fp32(a);
+  // bf16 a is read as it is where the kernels multiply bf16 (AMX), else converted to fp32.
+  const bool bf16_a = a.scalar_type() == at::kBFloat16 && w.scalar_type() == at::kBFloat16 &&
+                      cpu::dense_sparse_takes_bf16(w.size(1), block_out, block_in);
+  const Tensor a_in = !bf16_a ? rows_fp32(a) : a.stride(1) == 1 || a.size(1) <= 1 ? a : a.contiguous();
   Tensor bias32;
   if (bias.has_value()) bias32 = bias->to(at::kFloat).contiguous();
-  cpu::DenseSparseProblem p{a32.data_ptr<float>(), a.size(0), leading_dim(a32), strided(w),
+  cpu::DenseSparseProblem p{bf16_a ? nullptr : a_in.data_ptr<float>(),
+                            bf16_a ? static_cast<const uint16_t*>(a_in.data_ptr()) : nullptr,
+                            a.size(0), leading_dim(a_in), strided(w),
                             bias32.defined() ? bias32.data_ptr<float>() : nullptr,
                             ptr.data_ptr<int32_t>(), ind.data_ptr<int32_t>(), ind.numel(), block_out, block_in,
                             y.data_ptr(), dtype_of(y), y.size(1)};
@@ -250,9 +255,9 @@ Tensor bsmm_grad_weight_cpu(const Tensor& grad_out, const Tensor& x, const Tenso
 }
 
 cpu::Isa parse_isa(const std::string& name) {
-  for (cpu::Isa isa : {cpu::Isa::kPortable, cpu::Isa::kAvx2, cpu::Isa::kAvx512})
+  for (cpu::Isa isa : {cpu::Isa::kPortable, cpu::Isa::kAvx2, cpu::Isa::kAvx512, cpu::Isa::kAmx})
     if (name == cpu::isa_name(isa)) return isa;
-  TORCH_CHECK_VALUE(false, "isa must be one of 'portable', 'avx2', 'avx512', got '", name, "'");
+  TORCH_CHECK_VALUE(false, "isa must be one of 'portable', 'avx2', 'avx512', 'amx', got '", name, "'");
   return cpu::Isa::kPortable;  // unreachable
 }
 
@@ -267,7 +272,11 @@ void register_cpu(pybind11::module_& m) {
         pybind11::arg("grad_out"), pybind11::arg("x"), pybind11::arg("block_row"), pybind11::arg("col_idx"),
         pybind11::arg("block_out"), pybind11::arg("block_in"), pybind11::arg("out") = pybind11::none());
   m.def("cpu_isa", [] { return std::string(cpu::isa_name(cpu::active_isa())); },
-        "The instruction set the CPU kernels use now: 'portable', 'avx2' or 'avx512'.");
+        "The instruction set the CPU kernels use now: 'portable', 'avx2', 'avx512' or 'amx'.");
+  m.def("cpu_bf16_on_tiles", &cpu::dense_sparse_takes_bf16,
+        "Whether a bf16 forward (or input gradient) with n_in input columns and this block runs on "
+        "the AMX tiles now.",
+        pybind11::arg("n_in"), pybind11::arg("block_out"), pybind11::arg("block_in"));
   m.def("cpu_best_isa", [] { return std::string(cpu::isa_name(cpu::best_isa())); },
         "The best instruction set this CPU supports.");
   m.def(

@@ -23,13 +23,13 @@ from sparsekern import reference
 from sparsekern._alloc import poisoned_outputs
 from sparsekern._extension import extension, unavailable_reason
 from sparsekern.backends import BackendUnavailableError, get_backend, select
-from sparsekern.backends.cpu import cpu_isa, set_cpu_isa
+from sparsekern.backends.cpu import bf16_on_tiles, cpu_isa, set_cpu_isa
 from conftest import assert_close_to_reference, random_weight
 
 if os.environ.get("SPARSEKERN_SKIP_EXTENSION", "0") not in ("", "0"):
     pytest.skip("the compiled extension was not built (SPARSEKERN_SKIP_EXTENSION=1)", allow_module_level=True)
 
-ISAS = ("portable", "avx2", "avx512")
+ISAS = ("portable", "avx2", "avx512", "amx")
 
 
 def _C():
@@ -142,6 +142,42 @@ def test_weight_gradient_over_several_chunks_of_rows(isa):
     # bf16 takes all of M at once (no fp32 accumulator the size of the active blocks).
     layout, weight, x, grad, bias = make_case(64, 32000, 300, (32, 64), 0.3, dtype=torch.bfloat16, seed=11)
     check_products(layout, weight, x, grad, bias)
+
+
+AMX_SHAPES = [
+    # N, K, M, block, density; bf16 on the tiles needs K and block_in multiples of 32
+    (96, 64, 45, (32, 32), 0.6),  # rows: a step and a partial one (45 = 32 + 13)
+    (80, 128, 33, (16, 32), 0.5),  # 16-wide block rows: one column tile
+    (100, 96, 70, (64, 32), 0.5),  # partial block rows at the N edge (100 = 64 + 36)
+    (128, 256, 20, (128, 64), 0.4),  # wide blocks, fewer rows than a step
+]
+
+
+@pytest.mark.parametrize("case", AMX_SHAPES, ids=str)
+def test_bf16_on_the_amx_tiles(case):
+    if "amx" not in supported_isas():
+        pytest.skip("this CPU (or OS) does not offer AMX")
+    N, K, M, block, density = case
+    previous = set_cpu_isa("amx")
+    try:
+        # The forward is on the tiles; the input gradient (n_in = N, block transposed) where it fits.
+        assert bf16_on_tiles(K, block)
+        assert bf16_on_tiles(N, block[::-1]) == (N % 32 == 0 and block[0] % 32 == 0)
+        layout, weight, x, grad, bias = make_case(N, K, M, block, density, dtype=torch.bfloat16, seed=N + M)
+        check_products(layout, weight, x, grad, bias)
+        check_products(layout, weight, x, grad, None)
+        # Weight stored transposed, x with a row stride: the tiles' other packing paths.
+        weight_t = weight.t().contiguous().t()
+        x_wide = torch.cat([x, torch.randn(M, 32).to(x.dtype)], 1)[:, :K]
+        check_products(layout, weight_t, x_wide, grad, bias)
+    finally:
+        set_cpu_isa(previous)
+    # Below AMX the same products take the AVX-512 kernels.
+    previous = set_cpu_isa("avx512")
+    try:
+        assert not bf16_on_tiles(K, block)
+    finally:
+        set_cpu_isa(previous)
 
 
 def test_bf16_accumulates_in_fp32(isa):

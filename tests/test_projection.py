@@ -300,13 +300,13 @@ def test_sort_free_floors_match_sorted_floors(kind, floors, generator):
 
 
 @pytest.mark.skipif("cpu" not in FUSED, reason="the compiled extension has no projection kernels here")
-@pytest.mark.parametrize("isa", ["portable", "avx2", "avx512"])
+@pytest.mark.parametrize("isa", ["portable", "avx2", "avx512", "amx"])
 def test_cpu_instruction_sets_agree(isa, generator):
     # The passes are built once per instruction set (topk_portable.cpp, topk_avx2.cpp).
     from sparsekern._extension import extension
     from sparsekern.backends import cpu as cpu_backend
 
-    order = ["portable", "avx2", "avx512"]
+    order = ["portable", "avx2", "avx512", "amx"]
     if order.index(isa) > order.index(extension().cpu_best_isa()):
         pytest.skip(f"this CPU does not support {isa}")
     previous = cpu_backend.set_cpu_isa(isa)

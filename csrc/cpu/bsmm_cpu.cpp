@@ -32,6 +32,14 @@
   }                                                                                                  \
   }                                                                                                  \
   }
+namespace sparsekern {
+namespace cpu {
+namespace amx {
+bool dense_sparse(const DenseSparseProblem& p, ParallelFor parallel_for, const int32_t* outer,
+                  const int64_t* panel_offset, float* panels, int64_t br0, int64_t br1);
+}
+}  // namespace cpu
+}  // namespace sparsekern
 SK_DECLARE_KERNELS(portable)
 SK_DECLARE_KERNELS(avx2)
 SK_DECLARE_KERNELS(avx512)
@@ -39,11 +47,36 @@ SK_DECLARE_KERNELS(avx512)
 
 #if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
 #define SK_X86 1
+#include <cpuid.h>
+#endif
+#if defined(__x86_64__) && defined(__GNUC__) && defined(__linux__)
+#define SK_AMX 1  // bsmm_amx.cpp is built for AMX
+#include <sys/syscall.h>
+#include <unistd.h>
 #endif
 
 namespace sparsekern {
 namespace cpu {
 namespace {
+
+#ifdef SK_AMX
+// AMX: the CPU has the tile unit, bf16 tiles and AVX-512 BW/VL/BF16 (for the packing and the
+// conversions); the OS saves the tile state (XCR0 bits 17, 18) and lets this process use it.
+bool amx_usable() {
+  unsigned a, b, c, d;
+  if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
+  const bool tile = d & (1u << 24), bf16_tiles = d & (1u << 22), bw = b & (1u << 30), vl = b & (1u << 31);
+  if (!tile || !bf16_tiles || !bw || !vl) return false;
+  if (!__get_cpuid_count(7, 1, &a, &b, &c, &d) || !(a & (1u << 5))) return false;  // AVX512_BF16
+  if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & (1u << 27))) return false;  // OSXSAVE, for xgetbv
+  unsigned lo, hi;
+  __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+  if ((lo & (3u << 17)) != (3u << 17)) return false;
+  // Linux hands out the tile state on request (once per process; torch's oneDNN asks too).
+  constexpr long kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+  return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
+}
+#endif
 
 bool cpu_has(Isa isa) {
   switch (isa) {
@@ -56,15 +89,21 @@ bool cpu_has(Isa isa) {
       __builtin_cpu_init();
       return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 #endif
+#ifdef SK_AMX
+    case Isa::kAmx: {
+      static const bool usable = cpu_has(Isa::kAvx512) && amx_usable();
+      return usable;
+    }
+#endif
     default: return false;
   }
 }
 
-// SPARSEKERN_CPU_ISA=portable|avx2|avx512 caps the choice (never above what the CPU has).
+// SPARSEKERN_CPU_ISA=portable|avx2|avx512|amx caps the choice (never above what the CPU has).
 Isa initial_isa() {
   Isa isa = best_isa();
   if (const char* env = std::getenv("SPARSEKERN_CPU_ISA")) {
-    for (Isa cap : {Isa::kPortable, Isa::kAvx2, Isa::kAvx512})
+    for (Isa cap : {Isa::kPortable, Isa::kAvx2, Isa::kAvx512, Isa::kAmx})
       if (std::strcmp(env, isa_name(cap)) == 0 && static_cast<int>(cap) < static_cast<int>(isa)) isa = cap;
   }
   return isa;
@@ -164,11 +203,13 @@ const char* isa_name(Isa isa) {
     case Isa::kPortable: return "portable";
     case Isa::kAvx2: return "avx2";
     case Isa::kAvx512: return "avx512";
+    case Isa::kAmx: return "amx";
   }
   return "unknown";
 }
 
 Isa best_isa() {
+  if (cpu_has(Isa::kAmx)) return Isa::kAmx;
   if (cpu_has(Isa::kAvx512)) return Isa::kAvx512;
   if (cpu_has(Isa::kAvx2)) return Isa::kAvx2;
   return Isa::kPortable;
@@ -189,7 +230,16 @@ bool set_active_isa(Isa isa) {
   return true;
 }
 
+bool dense_sparse_takes_bf16(int64_t n_in, int64_t block_out, int64_t block_in) {
+  // Whole tiles only: every block's k extent a multiple of 32 (so no tile reads past a row),
+  // block rows a multiple of 16 columns.
+  return active_isa() == Isa::kAmx && n_in % 32 == 0 && block_in % 32 == 0 && block_out % 16 == 0;
+}
+
 bool bsmm_dense_sparse(const DenseSparseProblem& p, ParallelFor parallel_for) {
+  const bool on_amx = p.a_bf16 != nullptr;
+  if (on_amx && (p.w.dtype != DType::kBFloat16 || !dense_sparse_takes_bf16(p.w.cols, p.block_out, p.block_in)))
+    return false;  // the binding asks dense_sparse_takes_bf16 first
   const int64_t nb_out = index::num_blocks(p.w.rows, p.block_out);
   std::vector<int32_t> outer(p.nnz);
   index::expand_pointers(p.ptr, nb_out, outer.data());
@@ -231,6 +281,12 @@ bool bsmm_dense_sparse(const DenseSparseProblem& p, ParallelFor parallel_for) {
   for (int64_t br1 : group_end) {
     bool ok;
     switch (isa) {
+      case Isa::kAmx:
+        if (on_amx) {
+          ok = amx::dense_sparse(p, parallel_for, outer.data(), offset.data(), panels.get(), br0, br1);
+          break;
+        }
+        [[fallthrough]];
       case Isa::kAvx512: ok = avx512::dense_sparse(p, parallel_for, outer.data(), offset.data(), panels.get(), br0, br1); break;
       case Isa::kAvx2: ok = avx2::dense_sparse(p, parallel_for, outer.data(), offset.data(), panels.get(), br0, br1); break;
       default: ok = portable::dense_sparse(p, parallel_for, outer.data(), offset.data(), panels.get(), br0, br1); break;
@@ -330,6 +386,7 @@ bool bsmm_sampled(const SampledProblem& p, ParallelFor parallel_for) {
   float* dy_panels = cached.get();
   float* x_panels = dy_panels + dy_floats;
   switch (active_isa()) {
+    case Isa::kAmx:
     case Isa::kAvx512: return avx512::sampled(p, parallel_for, dy_panels, x_panels, rows);
     case Isa::kAvx2: return avx2::sampled(p, parallel_for, dy_panels, x_panels, rows);
     default: return portable::sampled(p, parallel_for, dy_panels, x_panels, rows);

@@ -10,8 +10,10 @@ namespace cpu {
 enum class DType : int { kFloat32 = 0, kBFloat16 = 1 };
 
 // Instruction sets, best last. The kernels are compiled once per set (bsmm_<isa>.cpp) and
-// chosen at run time from what the CPU reports.
-enum class Isa : int { kPortable = 0, kAvx2 = 1, kAvx512 = 2 };
+// chosen at run time from what the CPU reports. kAmx is AVX-512 plus the AMX tile unit for
+// bf16 products (bsmm_amx.cpp, the forward and input gradient); everything else runs the
+// AVX-512 kernels there.
+enum class Isa : int { kPortable = 0, kAvx2 = 1, kAvx512 = 2, kAmx = 3 };
 
 // Parallel loop supplied by the caller (the binding passes at::parallel_for, so the kernels
 // share torch's thread pool and torch.set_num_threads): runs body(ctx, begin, end) over
@@ -28,12 +30,14 @@ struct StridedMatrix {
 
 // y[m, n_out] = a[m, n_in] @ w[n_out, n_in].T (+ bias) over the active blocks of w, which are
 // listed by a compressed index over w's block rows: ptr[nb_out + 1], idx[nnz] (block columns).
-// a: fp32, rows contiguous (leading dimension lda). y: fp32 or bf16, rows contiguous (ldy),
-// every element written. bias: fp32[n_out] or null.
+// a: fp32, rows contiguous (leading dimension lda); or, where dense_sparse_takes_bf16 says
+// so, bf16 in a_bf16 instead (a null). y: fp32 or bf16, rows contiguous (ldy), every element
+// written. bias: fp32[n_out] or null.
 // Forward: w = W, (block_out, block_in), row_ptr / col_idx.
 // Input gradient: w = W.T (strides swapped), (block_in, block_out), col_ptr / row_idx.
 struct DenseSparseProblem {
   const float* a;
+  const uint16_t* a_bf16;
   int64_t m, lda;
   StridedMatrix w;  // [n_out, n_in]
   const float* bias;
@@ -63,6 +67,9 @@ struct SampledProblem {
   DType dw_dtype;
   int64_t ldw;
 };
+
+// Whether bsmm_dense_sparse takes a bf16 `a` as it is (AMX), for a bf16 w of n_in columns.
+bool dense_sparse_takes_bf16(int64_t n_in, int64_t block_out, int64_t block_in);
 
 // Both return false when scratch memory could not be allocated.
 bool bsmm_dense_sparse(const DenseSparseProblem& p, ParallelFor parallel_for);

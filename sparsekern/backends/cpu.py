@@ -1,10 +1,13 @@
 """Backend "cpu": C++ kernels for CPU tensors, from the compiled extension.
 
 The kernels (csrc/cpu/) are compiled once per instruction set (portable, AVX2 + FMA,
-AVX-512) and the best one the CPU reports is used; ``cpu_isa`` / ``set_cpu_isa`` (or the
-environment variable ``SPARSEKERN_CPU_ISA``, read on first use) choose a lesser one.
-fp32 and bf16 inputs, fp32 accumulation; float64 is not supported (the reference backend
-runs it).
+AVX-512, and AMX for bf16) and the best one the CPU reports is used; ``cpu_isa`` /
+``set_cpu_isa`` (or the environment variable ``SPARSEKERN_CPU_ISA``, read on first use)
+choose a lesser one. fp32 and bf16 inputs, fp32 accumulation; float64 is not supported (the
+reference backend runs it).
+
+On "amx", bf16 forward and input-gradient products run on the AMX tiles when their blocks
+fit them (``bf16_on_tiles``); everything else runs the AVX-512 kernels.
 """
 
 import torch
@@ -18,12 +21,21 @@ _KERNELS = ("bsmm_forward_cpu", "bsmm_grad_input_cpu", "bsmm_grad_weight_cpu")
 
 
 def cpu_isa() -> str:
-    """The instruction set the CPU kernels use now: 'portable', 'avx2' or 'avx512'."""
+    """The instruction set the CPU kernels use now: 'portable', 'avx2', 'avx512' or 'amx'."""
     return _module().cpu_isa()
 
 
+def bf16_on_tiles(n_in: int, block_size) -> bool:
+    """Whether a bf16 product ``[M, n_in] @ W.T`` with blocks ``(block_out, block_in)`` runs on
+    the AMX tiles now: ISA "amx", ``n_in`` and ``block_in`` multiples of 32, ``block_out`` of 16.
+    (The input gradient is the product ``grad_out @ W``: ``n_in = out_features`` and the block
+    transposed.)"""
+    block_out, block_in = block_size
+    return _module().cpu_bf16_on_tiles(n_in, block_out, block_in)
+
+
 def set_cpu_isa(name: str) -> str:
-    """Use the kernels built for ``name`` ('portable', 'avx2', 'avx512'); returns the previous one.
+    """Use the kernels built for ``name`` ('portable', 'avx2', 'avx512', 'amx'); returns the previous one.
 
     Raises ValueError for an unknown name or one this CPU does not support.
     """

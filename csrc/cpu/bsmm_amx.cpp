@@ -1,0 +1,273 @@
+// The dense x sparse^T product (forward, and input gradient on W.T) for bf16 on AMX: the
+// tile unit multiplies 16 x 32 bf16 by 32 x 16 bf16 into 16 x 16 fp32 in one instruction,
+// about eight times the FMA units' rate, which is what dense bf16 F.linear (oneDNN) uses.
+// Only this unit is compiled for AMX (the pragma), and the dispatcher calls it only where
+// the CPU and the kernel allow AMX and the problem fits the tiles (dense_sparse_takes_bf16).
+//
+// As in bsmm_kernels.h: no C++ standard library header, everything internal but the entry.
+#if defined(__x86_64__) && defined(__GNUC__)
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw,avx512vl,avx512bf16,avx2,fma"))), \
+                             apply_to = function)
+#else
+#pragma GCC target("amx-tile,amx-bf16,avx512f,avx512bw,avx512vl,avx512bf16,avx2,fma")
+#endif
+#define SK_AMX_BUILD 1
+#include <immintrin.h>
+#endif
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../common/block_index.h"
+#include "bsmm_cpu.h"
+
+namespace sparsekern {
+namespace cpu {
+namespace amx {
+
+// As avx512::dense_sparse, for a bf16 `a_bf16` and a bf16 w; false when out of scratch memory.
+bool dense_sparse(const DenseSparseProblem& p, ParallelFor parallel_for, const int32_t* outer,
+                  const int64_t* panel_offset, float* panels, int64_t br0, int64_t br1);
+
+#ifdef SK_AMX_BUILD
+namespace {
+
+using index::block_extent;
+
+// Tiles: A is 16 rows x 32 bf16 of a (in place, a row stride apart); B is 16 pairs of k x 16
+// output columns x 2 bf16, the pair-interleaved ("VNNI") layout the instruction reads, packed
+// from w; C is 16 x 16 fp32. A step computes 32 rows x 32 columns: C tiles 0-3, A tiles 4-5,
+// B tiles 6-7, all eight.
+constexpr int64_t TILE_ROWS = 16, TILE_K = 32, TILE_COLS = 16, TILE_ELEMS = 16 * 32;
+constexpr int64_t STEP_ROWS = 2 * TILE_ROWS, STEP_COLS = 2 * TILE_COLS;
+
+struct TileConfig {
+  uint8_t palette, start_row, reserved[14];
+  uint16_t bytes_per_row[16];
+  uint8_t rows[16];
+};
+
+void configure_tiles() {
+  TileConfig cfg;
+  memset(&cfg, 0, sizeof cfg);
+  cfg.palette = 1;
+  for (int t = 0; t < 8; ++t) {
+    cfg.rows[t] = TILE_ROWS;
+    cfg.bytes_per_row[t] = 64;
+  }
+  _tile_loadconfig(&cfg);
+}
+
+inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+
+struct Context {
+  const DenseSparseProblem* p;
+  const int32_t* outer;
+  const int64_t* offset;
+  float* panels;  // bf16 panels here, at the same offsets as the fp32 ones (half the room)
+  int64_t br0, n_rows, tile_m;
+  int64_t j0;
+  int failed;
+};
+
+// One B tile from w: tile[q][n][e] = w[n0 + n][k0 + 2q + e] (zero past row ne of the block).
+// (GCC 12 warns inside its own intrinsics here, about the undefined vector they start from.)
+#if !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+void pack_tile(const StridedMatrix& w, int64_t n0, int64_t ne, int64_t k0, uint16_t* tile) {
+  const uint16_t* data = static_cast<const uint16_t*>(w.data);
+  const int64_t sr = w.stride_row, sc = w.stride_col;
+  if (sc == 1 && n0 + TILE_COLS <= ne) {
+    // w's rows hold k: a pair (k, k + 1) is one 32-bit word, so the tile is a 16 x 16
+    // transpose of words (rows n -> rows q).
+    __m512i r[16], t[16];
+    for (int n = 0; n < 16; ++n) r[n] = _mm512_loadu_si512(data + (n0 + n) * sr + k0);
+    for (int i = 0; i < 16; i += 2) {
+      t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
+      t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 16; i += 4) {
+      r[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
+      r[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
+      r[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
+      r[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
+    }
+    for (int h = 0; h < 16; h += 8)
+      for (int i = 0; i < 4; ++i) {
+        t[h + i] = _mm512_shuffle_i32x4(r[h + i], r[h + i + 4], 0x88);
+        t[h + i + 4] = _mm512_shuffle_i32x4(r[h + i], r[h + i + 4], 0xdd);
+      }
+    for (int i = 0; i < 8; ++i) {
+      _mm512_storeu_si512(tile + i * 32, _mm512_shuffle_i32x4(t[i], t[i + 8], 0x88));
+      _mm512_storeu_si512(tile + (i + 8) * 32, _mm512_shuffle_i32x4(t[i], t[i + 8], 0xdd));
+    }
+    return;
+  }
+  if (sr == 1 && n0 + TILE_COLS <= ne) {
+    // A transposed view (the input gradient): rows k and k + 1 of memory hold 16 n each;
+    // interleaving them gives a tile row.
+    for (int q = 0; q < 16; ++q) {
+      const __m256i lo_k = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(data + (k0 + 2 * q) * sc + n0));
+      const __m256i hi_k = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(data + (k0 + 2 * q + 1) * sc + n0));
+      const __m256i a = _mm256_unpacklo_epi16(lo_k, hi_k), b = _mm256_unpackhi_epi16(lo_k, hi_k);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(tile + q * 32), _mm256_permute2x128_si256(a, b, 0x20));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(tile + q * 32 + 16), _mm256_permute2x128_si256(a, b, 0x31));
+    }
+    return;
+  }
+  for (int q = 0; q < 16; ++q)  // other strides, or the block's last rows
+    for (int n = 0; n < 16; ++n)
+      for (int e = 0; e < 2; ++e)
+        tile[q * 32 + n * 2 + e] = n0 + n < ne ? data[(n0 + n) * sr + (k0 + 2 * q + e) * sc] : uint16_t{0};
+}
+#if !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
+
+// Block j's panel: its B tiles, [bo / 16][ke / 32], each TILE_ELEMS bf16.
+void pack_blocks(void* raw, int64_t j0, int64_t j1) {
+  const auto& c = *static_cast<const Context*>(raw);
+  const auto& p = *c.p;
+  for (int64_t j = c.j0 + j0; j < c.j0 + j1; ++j) {
+    const int64_t o = c.outer[j], col = p.idx[j];
+    const int64_t ne = block_extent(o, p.block_out, p.w.rows), ke = block_extent(col, p.block_in, p.w.cols);
+    uint16_t* dst = reinterpret_cast<uint16_t*>(c.panels + c.offset[j]);
+    const int64_t k_tiles = ke / TILE_K;
+    for (int64_t n16 = 0; n16 < p.block_out / TILE_COLS; ++n16)
+      for (int64_t kt = 0; kt < k_tiles; ++kt) {
+        StridedMatrix block = p.w;
+        block.data = static_cast<const uint16_t*>(p.w.data) + o * p.block_out * p.w.stride_row +
+                     col * p.block_in * p.w.stride_col;
+        pack_tile(block, n16 * TILE_COLS, ne, kt * TILE_K, dst + (n16 * k_tiles + kt) * TILE_ELEMS);
+      }
+  }
+}
+
+// y[rows, cols] (+ bias) from the fp32 step result c[32][32].
+void store_step(const Context& ctx, const float* c, int64_t row0, int64_t rows, int64_t col0, int64_t cols) {
+  const auto& p = *ctx.p;
+  const __mmask16 lo = static_cast<__mmask16>(cols >= 16 ? 0xffff : (1u << cols) - 1);
+  const __mmask16 hi = static_cast<__mmask16>(cols >= 32 ? 0xffff : cols <= 16 ? 0 : (1u << (cols - 16)) - 1);
+  const __m512 b0 = p.bias ? _mm512_maskz_loadu_ps(lo, p.bias + col0) : _mm512_setzero_ps();
+  const __m512 b1 = p.bias ? _mm512_maskz_loadu_ps(hi, p.bias + col0 + 16) : _mm512_setzero_ps();
+  for (int64_t r = 0; r < rows; ++r) {
+    const __m512 v0 = _mm512_add_ps(_mm512_loadu_ps(c + r * STEP_COLS), b0);
+    const __m512 v1 = _mm512_add_ps(_mm512_loadu_ps(c + r * STEP_COLS + 16), b1);
+    const int64_t at = (row0 + r) * p.ldy + col0;
+    if (p.y_dtype == DType::kFloat32) {
+      float* y = static_cast<float*>(p.y) + at;
+      _mm512_mask_storeu_ps(y, lo, v0);
+      if (hi) _mm512_mask_storeu_ps(y + 16, hi, v1);
+    } else {  // round to nearest even, as F.linear's bf16 output
+      uint16_t* y = static_cast<uint16_t*>(p.y) + at;
+      _mm256_mask_storeu_epi16(y, lo, (__m256i)_mm512_cvtneps_pbh(v0));
+      if (hi) _mm256_mask_storeu_epi16(y + 16, hi, (__m256i)_mm512_cvtneps_pbh(v1));
+    }
+  }
+}
+
+void compute_tiles(void* raw, int64_t t0, int64_t t1) {
+  const auto& c = *static_cast<const Context*>(raw);
+  const auto& p = *c.p;
+  const int64_t n_in = p.w.cols, n_out = p.w.rows, bo = p.block_out, bi = p.block_in;
+  // The last rows of a, when fewer than a step: copied into zero-padded rows, so that no
+  // tile reads past a.
+  uint16_t* padded = nullptr;
+  float* result = static_cast<float*>(aligned_alloc(64, STEP_ROWS * STEP_COLS * sizeof(float)));
+  if (result == nullptr) {
+    __atomic_store_n(&const_cast<Context&>(c).failed, 1, __ATOMIC_RELAXED);
+    return;
+  }
+  configure_tiles();
+  for (int64_t t = t0; t < t1; ++t) {
+    const int64_t mt = t / c.n_rows, br = c.br0 + t % c.n_rows;
+    const int64_t m0 = mt * c.tile_m, rows_tile = min64(c.tile_m, p.m - m0);
+    const int64_t jb = p.ptr[br], je = p.ptr[br + 1];
+    const int64_t ne = block_extent(br, bo, n_out);
+    for (int64_t r0 = 0; r0 < rows_tile; r0 += STEP_ROWS) {
+      const int64_t rows = min64(STEP_ROWS, rows_tile - r0);
+      const uint16_t* a = p.a_bf16 + (m0 + r0) * p.lda;
+      int64_t lda_bytes = p.lda * 2;
+      if (rows < STEP_ROWS) {
+        if (padded == nullptr) padded = static_cast<uint16_t*>(calloc(STEP_ROWS * n_in, sizeof(uint16_t)));
+        if (padded == nullptr) {
+          __atomic_store_n(&const_cast<Context&>(c).failed, 1, __ATOMIC_RELAXED);
+          break;
+        }
+        for (int64_t r = 0; r < STEP_ROWS; ++r) {
+          if (r < rows) memcpy(padded + r * n_in, a + r * p.lda, n_in * sizeof(uint16_t));
+          else memset(padded + r * n_in, 0, n_in * sizeof(uint16_t));
+        }
+        a = padded;
+        lda_bytes = n_in * 2;
+      }
+      for (int64_t col0 = 0; col0 < ne; col0 += STEP_COLS) {
+        const bool two = bo - col0 > TILE_COLS;  // a second column tile in this block row
+        _tile_zero(0);
+        _tile_zero(1);
+        _tile_zero(2);
+        _tile_zero(3);
+        for (int64_t j = jb; j < je; ++j) {
+          const int64_t col = p.idx[j], k_tiles = block_extent(col, bi, n_in) / TILE_K;
+          const uint16_t* panel = reinterpret_cast<const uint16_t*>(c.panels + c.offset[j]);
+          const uint16_t* b0 = panel + (col0 / TILE_COLS) * k_tiles * TILE_ELEMS;
+          const uint16_t* a0 = a + col * bi;
+          for (int64_t kt = 0; kt < k_tiles; ++kt) {
+            _tile_loadd(4, a0 + kt * TILE_K, lda_bytes);
+            _tile_loadd(5, reinterpret_cast<const char*>(a0 + kt * TILE_K) + TILE_ROWS * lda_bytes, lda_bytes);
+            _tile_loadd(6, b0 + kt * TILE_ELEMS, 64);
+            _tile_dpbf16ps(0, 4, 6);
+            _tile_dpbf16ps(2, 5, 6);
+            if (two) {
+              _tile_loadd(7, b0 + (k_tiles + kt) * TILE_ELEMS, 64);
+              _tile_dpbf16ps(1, 4, 7);
+              _tile_dpbf16ps(3, 5, 7);
+            }
+          }
+        }
+        _tile_stored(0, result, STEP_COLS * 4);
+        _tile_stored(1, result + TILE_COLS, STEP_COLS * 4);
+        _tile_stored(2, result + TILE_ROWS * STEP_COLS, STEP_COLS * 4);
+        _tile_stored(3, result + TILE_ROWS * STEP_COLS + TILE_COLS, STEP_COLS * 4);
+        store_step(c, result, m0 + r0, rows, br * bo + col0, min64(two ? STEP_COLS : TILE_COLS, ne - col0));
+      }
+    }
+  }
+  _tile_release();
+  free(padded);
+  free(result);
+}
+
+}  // namespace
+
+bool dense_sparse(const DenseSparseProblem& p, ParallelFor parallel_for, const int32_t* outer,
+                  const int64_t* panel_offset, float* panels, int64_t br0, int64_t br1) {
+  Context c{&p, outer, panel_offset, panels, br0, br1 - br0, 0, p.ptr[br0], 0};
+  const int64_t n_blocks = p.ptr[br1] - c.j0;
+  if (n_blocks > 0) parallel_for(n_blocks, pack_blocks, &c);
+  if (p.m == 0 || c.n_rows == 0) return true;
+  // A tile of rows of a of about 512 KiB stays in L2 across the block rows.
+  const int64_t step_bytes = STEP_ROWS * (p.w.cols > 0 ? p.w.cols : 1) * 2;
+  const int64_t steps = (int64_t{512} << 10) / step_bytes;
+  c.tile_m = min64(steps < 1 ? 1 : steps, index::ceil_div(p.m, STEP_ROWS)) * STEP_ROWS;
+  parallel_for(index::ceil_div(p.m, c.tile_m) * c.n_rows, compute_tiles, &c);
+  return c.failed == 0;
+}
+#else
+bool dense_sparse(const DenseSparseProblem&, ParallelFor, const int32_t*, const int64_t*, float*, int64_t,
+                  int64_t) {
+  return false;  // never dispatched: amx_available() is false in such a build
+}
+#endif
+
+}  // namespace amx
+}  // namespace cpu
+}  // namespace sparsekern
+
+#if defined(__clang__) && defined(SK_AMX_BUILD)
+#pragma clang attribute pop
+#endif
