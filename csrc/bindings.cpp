@@ -246,10 +246,19 @@ Tensor bsmm_grad_weight_cpu(const Tensor& grad_out, const Tensor& x, const Tenso
   TORCH_CHECK(err == idx::kIndexOk, "invalid block index (block_row, col_idx): ", idx::describe(err));
   // The one [out, in] tensor; the kernels write all of it (zeros off the layout).
   Tensor dw = output(out, {n, k}, x);
-  const Tensor dy32 = rows_fp32(grad_out), x32 = rows_fp32(x);
-  cpu::SampledProblem p{dy32.data_ptr<float>(), leading_dim(dy32), x32.data_ptr<float>(), leading_dim(x32),
-                        x.size(0), n, k, block_row.data_ptr<int32_t>(), col_idx.data_ptr<int32_t>(),
-                        col_idx.numel(), block_out, block_in, dw.data_ptr(), dtype_of(dw), k};
+  // bf16 operands are read as they are where the kernels multiply bf16 (AMX), else converted.
+  const bool bf16_in = grad_out.scalar_type() == at::kBFloat16 && x.scalar_type() == at::kBFloat16 &&
+                       cpu::sampled_takes_bf16();
+  auto rows_in = [&](const Tensor& t) {
+    return !bf16_in ? rows_fp32(t) : t.stride(1) == 1 || t.size(1) <= 1 ? t : t.contiguous();
+  };
+  const Tensor dy_in = rows_in(grad_out), x_in = rows_in(x);
+  auto as_bf16 = [&](const Tensor& t) { return bf16_in ? static_cast<const uint16_t*>(t.data_ptr()) : nullptr; };
+  auto as_fp32 = [&](const Tensor& t) { return bf16_in ? nullptr : t.data_ptr<float>(); };
+  cpu::SampledProblem p{as_fp32(dy_in), as_bf16(dy_in), leading_dim(dy_in), as_fp32(x_in), as_bf16(x_in),
+                        leading_dim(x_in), x.size(0), n, k, block_row.data_ptr<int32_t>(),
+                        col_idx.data_ptr<int32_t>(), col_idx.numel(), block_out, block_in, dw.data_ptr(),
+                        dtype_of(dw), k};
   TORCH_CHECK(cpu::bsmm_sampled(p, torch_parallel_for), "sparsekern cpu: out of memory for scratch buffers");
   return dw;
 }

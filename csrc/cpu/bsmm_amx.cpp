@@ -29,6 +29,11 @@ namespace amx {
 // As avx512::dense_sparse, for a bf16 `a_bf16` and a bf16 w; false when out of scratch memory.
 bool dense_sparse(const DenseSparseProblem& p, ParallelFor parallel_for, const int32_t* outer,
                   const int64_t* panel_offset, float* panels, int64_t br0, int64_t br1);
+// The weight gradient of bf16 dy_bf16 and x_bf16 over all of M at once, into scratch of
+// sampled_scratch_elems(p) bf16 from the caller; writes the active blocks of dw (the caller
+// writes the zeros). False when out of scratch memory.
+bool sampled(const SampledProblem& p, ParallelFor parallel_for, uint16_t* scratch);
+int64_t sampled_scratch_elems(const SampledProblem& p);
 
 #ifdef SK_AMX_BUILD
 namespace {
@@ -78,45 +83,53 @@ struct Context {
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #endif
+// dst row c = column c of the 16 x 16 matrix of 32-bit words whose row r is at src + r * lds
+// (bf16 elements apart): unpack pairs of rows, pairs of pairs, then exchange 128-bit lanes.
+void transpose_words(const uint16_t* src, int64_t lds, uint16_t* dst) {
+  __m512i r[16], t[16];
+  for (int n = 0; n < 16; ++n) r[n] = _mm512_loadu_si512(src + n * lds);
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 16; i += 4) {
+    r[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
+    r[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
+    r[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
+    r[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
+  }
+  for (int h = 0; h < 16; h += 8)
+    for (int i = 0; i < 4; ++i) {
+      t[h + i] = _mm512_shuffle_i32x4(r[h + i], r[h + i + 4], 0x88);
+      t[h + i + 4] = _mm512_shuffle_i32x4(r[h + i], r[h + i + 4], 0xdd);
+    }
+  for (int i = 0; i < 8; ++i) {
+    _mm512_storeu_si512(dst + i * 32, _mm512_shuffle_i32x4(t[i], t[i + 8], 0x88));
+    _mm512_storeu_si512(dst + (i + 8) * 32, _mm512_shuffle_i32x4(t[i], t[i + 8], 0xdd));
+  }
+}
+
+// One tile row from two rows of 16 bf16 (`first`, `second`): first[0] second[0] first[1] ...
+inline void interleave_rows(const uint16_t* first, const uint16_t* second, uint16_t* dst) {
+  const __m256i lo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(first));
+  const __m256i hi = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(second));
+  const __m256i a = _mm256_unpacklo_epi16(lo, hi), b = _mm256_unpackhi_epi16(lo, hi);
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), _mm256_permute2x128_si256(a, b, 0x20));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + 16), _mm256_permute2x128_si256(a, b, 0x31));
+}
+
 void pack_tile(const StridedMatrix& w, int64_t n0, int64_t ne, int64_t k0, uint16_t* tile) {
   const uint16_t* data = static_cast<const uint16_t*>(w.data);
   const int64_t sr = w.stride_row, sc = w.stride_col;
   if (sc == 1 && n0 + TILE_COLS <= ne) {
     // w's rows hold k: a pair (k, k + 1) is one 32-bit word, so the tile is a 16 x 16
     // transpose of words (rows n -> rows q).
-    __m512i r[16], t[16];
-    for (int n = 0; n < 16; ++n) r[n] = _mm512_loadu_si512(data + (n0 + n) * sr + k0);
-    for (int i = 0; i < 16; i += 2) {
-      t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
-      t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
-    }
-    for (int i = 0; i < 16; i += 4) {
-      r[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
-      r[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
-      r[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
-      r[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
-    }
-    for (int h = 0; h < 16; h += 8)
-      for (int i = 0; i < 4; ++i) {
-        t[h + i] = _mm512_shuffle_i32x4(r[h + i], r[h + i + 4], 0x88);
-        t[h + i + 4] = _mm512_shuffle_i32x4(r[h + i], r[h + i + 4], 0xdd);
-      }
-    for (int i = 0; i < 8; ++i) {
-      _mm512_storeu_si512(tile + i * 32, _mm512_shuffle_i32x4(t[i], t[i + 8], 0x88));
-      _mm512_storeu_si512(tile + (i + 8) * 32, _mm512_shuffle_i32x4(t[i], t[i + 8], 0xdd));
-    }
+    transpose_words(data + n0 * sr + k0, sr, tile);
     return;
   }
   if (sr == 1 && n0 + TILE_COLS <= ne) {
-    // A transposed view (the input gradient): rows k and k + 1 of memory hold 16 n each;
-    // interleaving them gives a tile row.
-    for (int q = 0; q < 16; ++q) {
-      const __m256i lo_k = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(data + (k0 + 2 * q) * sc + n0));
-      const __m256i hi_k = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(data + (k0 + 2 * q + 1) * sc + n0));
-      const __m256i a = _mm256_unpacklo_epi16(lo_k, hi_k), b = _mm256_unpackhi_epi16(lo_k, hi_k);
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(tile + q * 32), _mm256_permute2x128_si256(a, b, 0x20));
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(tile + q * 32 + 16), _mm256_permute2x128_si256(a, b, 0x31));
-    }
+    // A transposed view (the input gradient): rows k and k + 1 of memory hold 16 n each.
+    for (int q = 0; q < 16; ++q) interleave_rows(data + (k0 + 2 * q) * sc + n0, data + (k0 + 2 * q + 1) * sc + n0, tile + q * 32);
     return;
   }
   for (int q = 0; q < 16; ++q)  // other strides, or the block's last rows
@@ -242,7 +255,145 @@ void compute_tiles(void* raw, int64_t t0, int64_t t1) {
   free(result);
 }
 
+// ============================================================== weight gradient
+// dw[block] = dy[:, block rows].T @ x[:, block cols], M in steps of 32 (a tile's k): A tiles
+// are dy transposed (16 rows of the block x 32 m), B tiles x pair-interleaved (16 pairs of m
+// x 16 columns x 2). Both are packed once for all of M, zero-padded at every edge, so any
+// shape fits:
+//   dy_t[block row][m step][block_out][32]      (A tile: 16 consecutive rows of a step)
+//   x_v[block col][m step][block_in / 16][16][32]  (B tile: one 16-column group)
+// Each block then keeps its 2 x 2 C tiles (32 x 32; a 64- or 128-wide block in parts) over
+// all of M and stores them once, converted. Blocks of one block row go together, so that
+// its dy_t panel (M x block_out) is read from L2.
+
+struct SampledContext {
+  const SampledProblem* p;
+  uint16_t* dy_t;
+  uint16_t* x_v;
+  int64_t steps;  // of 32 rows of M
+  int failed;
+};
+
+// 16 columns [c0, c0 + 16) of rows m0 + 2q, m0 + 2q + 1 of src (rows x cols, leading
+// dimension ld), pair-interleaved into tile rows q = 0..15 (zeros past the edges).
+void interleave_step(const uint16_t* src, int64_t ld, int64_t rows, int64_t cols, int64_t m0, int64_t c0,
+                     uint16_t* tile) {
+  for (int q = 0; q < 16; ++q) {
+    const int64_t m = m0 + 2 * q;
+    if (m + 1 < rows && c0 + 16 <= cols) {
+      interleave_rows(src + m * ld + c0, src + (m + 1) * ld + c0, tile + q * 32);
+      continue;
+    }
+    for (int n = 0; n < 16; ++n)
+      for (int e = 0; e < 2; ++e)
+        tile[q * 32 + n * 2 + e] = m + e < rows && c0 + n < cols ? src[(m + e) * ld + c0 + n] : uint16_t{0};
+  }
+}
+
+void pack_steps(void* raw, int64_t s0, int64_t s1) {
+  const auto& c = *static_cast<const SampledContext*>(raw);
+  const auto& p = *c.p;
+  const int64_t bo = p.block_out, bi = p.block_in;
+  alignas(64) uint16_t pairs[TILE_ELEMS];
+  for (int64_t s = s0; s < s1; ++s) {
+    const int64_t m0 = s * TILE_K;
+    for (int64_t c0 = 0; c0 < p.n; c0 += 16) {  // dy: interleave, then transpose the words
+      const int64_t br = c0 / bo, i0 = c0 % bo;
+      interleave_step(p.dy_bf16, p.ldd, p.m, p.n, m0, c0, pairs);
+      transpose_words(pairs, 32, c.dy_t + ((br * c.steps + s) * bo + i0) * TILE_K);
+    }
+    const int64_t nb_rows = index::num_blocks(p.n, bo);  // rows of a partial last block row past n
+    for (int64_t i = index::ceil_div(p.n, 16) * 16; i < nb_rows * bo; ++i)
+      memset(c.dy_t + (((nb_rows - 1) * c.steps + s) * bo + i % bo) * TILE_K, 0, TILE_K * sizeof(uint16_t));
+    for (int64_t c0 = 0; c0 < p.k; c0 += 16) {
+      const int64_t bc = c0 / bi, g = (c0 % bi) / 16;
+      interleave_step(p.x_bf16, p.ldx, p.m, p.k, m0, c0, c.x_v + ((bc * c.steps + s) * (bi / 16) + g) * TILE_ELEMS);
+    }
+    const int64_t nb_cols = index::num_blocks(p.k, bi);  // groups of a partial last block column past k
+    for (int64_t c0 = index::ceil_div(p.k, 16) * 16; c0 < nb_cols * bi; c0 += 16)
+      memset(c.x_v + (((nb_cols - 1) * c.steps + s) * (bi / 16) + (c0 % bi) / 16) * TILE_ELEMS, 0,
+             TILE_ELEMS * sizeof(uint16_t));
+  }
+}
+
+void sampled_blocks(void* raw, int64_t j0, int64_t j1) {
+  const auto& c = *static_cast<const SampledContext*>(raw);
+  const auto& p = *c.p;
+  const int64_t bo = p.block_out, bi = p.block_in, groups = bi / 16;
+  float* result = static_cast<float*>(aligned_alloc(64, STEP_ROWS * STEP_COLS * sizeof(float)));
+  if (result == nullptr) {
+    __atomic_store_n(&const_cast<SampledContext&>(c).failed, 1, __ATOMIC_RELAXED);
+    return;
+  }
+  configure_tiles();
+  for (int64_t j = j0; j < j1; ++j) {
+    const int64_t br = p.block_row[j], bc = p.col_idx[j];
+    const int64_t ie = block_extent(br, bo, p.n), ke = block_extent(bc, bi, p.k);
+    const uint16_t* a_panel = c.dy_t + br * c.steps * bo * TILE_K;
+    const uint16_t* b_panel = c.x_v + bc * c.steps * groups * TILE_ELEMS;
+    for (int64_t i0 = 0; i0 < bo; i0 += STEP_ROWS) {
+      const bool two_rows = bo - i0 > TILE_ROWS;
+      for (int64_t q0 = 0; q0 < bi; q0 += STEP_COLS) {
+        const bool two_cols = bi - q0 > TILE_COLS;
+        _tile_zero(0);
+        _tile_zero(1);
+        _tile_zero(2);
+        _tile_zero(3);
+        for (int64_t s = 0; s < c.steps; ++s) {
+          const uint16_t* a = a_panel + (s * bo + i0) * TILE_K;
+          const uint16_t* b = b_panel + (s * groups + q0 / 16) * TILE_ELEMS;
+          _tile_loadd(4, a, 64);
+          _tile_loadd(6, b, 64);
+          _tile_dpbf16ps(0, 4, 6);
+          if (two_cols) {
+            _tile_loadd(7, b + TILE_ELEMS, 64);
+            _tile_dpbf16ps(1, 4, 7);
+          }
+          if (two_rows) {
+            _tile_loadd(5, a + TILE_ROWS * TILE_K, 64);
+            _tile_dpbf16ps(2, 5, 6);
+            if (two_cols) _tile_dpbf16ps(3, 5, 7);
+          }
+        }
+        _tile_stored(0, result, STEP_COLS * 4);
+        _tile_stored(1, result + TILE_COLS, STEP_COLS * 4);
+        _tile_stored(2, result + TILE_ROWS * STEP_COLS, STEP_COLS * 4);
+        _tile_stored(3, result + TILE_ROWS * STEP_COLS + TILE_COLS, STEP_COLS * 4);
+        const int64_t rows = min64(two_rows ? STEP_ROWS : TILE_ROWS, ie - i0);
+        const int64_t cols = min64(two_cols ? STEP_COLS : TILE_COLS, ke - q0);
+        for (int64_t r = 0; r < rows; ++r) {
+          const int64_t at = (br * bo + i0 + r) * p.ldw + bc * bi + q0;
+          for (int64_t h = 0; h < cols; h += 16) {
+            const __mmask16 mask = static_cast<__mmask16>(cols - h >= 16 ? 0xffff : (1u << (cols - h)) - 1);
+            const __m512 v = _mm512_loadu_ps(result + r * STEP_COLS + h);
+            if (p.dw_dtype == DType::kFloat32)
+              _mm512_mask_storeu_ps(static_cast<float*>(p.dw) + at + h, mask, v);
+            else
+              _mm256_mask_storeu_epi16(static_cast<uint16_t*>(p.dw) + at + h, mask, (__m256i)_mm512_cvtneps_pbh(v));
+          }
+        }
+      }
+    }
+  }
+  _tile_release();
+  free(result);
+}
+
 }  // namespace
+
+int64_t sampled_scratch_elems(const SampledProblem& p) {
+  const int64_t steps = index::ceil_div(p.m, TILE_K);
+  return steps * TILE_K * (index::num_blocks(p.n, p.block_out) * p.block_out + index::num_blocks(p.k, p.block_in) * p.block_in);
+}
+
+bool sampled(const SampledProblem& p, ParallelFor parallel_for, uint16_t* scratch) {
+  if (p.nnz == 0) return true;
+  SampledContext c{&p, scratch, nullptr, index::ceil_div(p.m, TILE_K), 0};
+  c.x_v = scratch + c.steps * TILE_K * index::num_blocks(p.n, p.block_out) * p.block_out;
+  if (c.steps > 0) parallel_for(c.steps, pack_steps, &c);
+  parallel_for(p.nnz, sampled_blocks, &c);
+  return c.failed == 0;
+}
 
 bool dense_sparse(const DenseSparseProblem& p, ParallelFor parallel_for, const int32_t* outer,
                   const int64_t* panel_offset, float* panels, int64_t br0, int64_t br1) {
@@ -257,11 +408,13 @@ bool dense_sparse(const DenseSparseProblem& p, ParallelFor parallel_for, const i
   parallel_for(index::ceil_div(p.m, c.tile_m) * c.n_rows, compute_tiles, &c);
   return c.failed == 0;
 }
-#else
+#else  // never dispatched: the launcher finds no AMX in such a build
 bool dense_sparse(const DenseSparseProblem&, ParallelFor, const int32_t*, const int64_t*, float*, int64_t,
                   int64_t) {
-  return false;  // never dispatched: amx_available() is false in such a build
+  return false;
 }
+int64_t sampled_scratch_elems(const SampledProblem&) { return 0; }
+bool sampled(const SampledProblem&, ParallelFor, uint16_t*) { return false; }
 #endif
 
 }  // namespace amx

@@ -37,6 +37,8 @@ namespace cpu {
 namespace amx {
 bool dense_sparse(const DenseSparseProblem& p, ParallelFor parallel_for, const int32_t* outer,
                   const int64_t* panel_offset, float* panels, int64_t br0, int64_t br1);
+bool sampled(const SampledProblem& p, ParallelFor parallel_for, uint16_t* scratch);
+int64_t sampled_scratch_elems(const SampledProblem& p);
 }
 }  // namespace cpu
 }  // namespace sparsekern
@@ -236,6 +238,8 @@ bool dense_sparse_takes_bf16(int64_t n_in, int64_t block_out, int64_t block_in) 
   return active_isa() == Isa::kAmx && n_in % 32 == 0 && block_in % 32 == 0 && block_out % 16 == 0;
 }
 
+bool sampled_takes_bf16() { return active_isa() == Isa::kAmx; }
+
 bool bsmm_dense_sparse(const DenseSparseProblem& p, ParallelFor parallel_for) {
   const bool on_amx = p.a_bf16 != nullptr;
   if (on_amx && (p.w.dtype != DType::kBFloat16 || !dense_sparse_takes_bf16(p.w.cols, p.block_out, p.block_in)))
@@ -361,6 +365,12 @@ bool bsmm_sampled(const SampledProblem& p, ParallelFor parallel_for) {
   ZeroFill z{&p, active.data(), nb_cols};
   if (nb_rows > 0) parallel_for(nb_rows, zero_inactive, &z);
   if (p.nnz == 0) return true;
+  if (p.dy_bf16 != nullptr) {  // bf16 operands as they are: the AMX kernels, all of M at once
+    if (!sampled_takes_bf16()) return false;  // the binding asks sampled_takes_bf16 first
+    const int64_t elems = amx::sampled_scratch_elems(p);
+    auto packed = scratch((elems + 1) / 2);
+    return packed && amx::sampled(p, parallel_for, reinterpret_cast<uint16_t*>(packed.get()));
+  }
   // Column panels of dy and x for a chunk of rows of M: about PACKED_CHUNK floats, so they stay
   // in the last-level cache; fp32 dw takes the chunks' sums in place. A bf16 dw would need an
   // fp32 accumulator the size of the active blocks instead, so it takes all of M at once.

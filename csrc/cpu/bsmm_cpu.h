@@ -51,12 +51,15 @@ struct DenseSparseProblem {
 };
 
 // dw[n, k] on the active blocks = dy[m, n].T @ x[m, k]; blocks listed as (block_row[j],
-// col_idx[j]), each at most once. dy, x: fp32, rows contiguous. dw: fp32 or bf16, rows
-// contiguous; every element written (exact zeros outside the active blocks).
+// col_idx[j]), each at most once. dy, x: fp32, rows contiguous; or, where
+// sampled_takes_bf16() says so, bf16 in dy_bf16 and x_bf16 instead (dy and x null). dw: fp32
+// or bf16, rows contiguous; every element written (exact zeros outside the active blocks).
 struct SampledProblem {
   const float* dy;
+  const uint16_t* dy_bf16;
   int64_t ldd;
   const float* x;
+  const uint16_t* x_bf16;
   int64_t ldx;
   int64_t m, n, k;
   const int32_t* block_row;
@@ -68,8 +71,10 @@ struct SampledProblem {
   int64_t ldw;
 };
 
-// Whether bsmm_dense_sparse takes a bf16 `a` as it is (AMX), for a bf16 w of n_in columns.
+// Whether bsmm_dense_sparse takes a bf16 `a` as it is (AMX), for a bf16 w of n_in columns;
+// whether bsmm_sampled takes bf16 dy and x (AMX, any shape).
 bool dense_sparse_takes_bf16(int64_t n_in, int64_t block_out, int64_t block_in);
+bool sampled_takes_bf16();
 
 // Both return false when scratch memory could not be allocated.
 bool bsmm_dense_sparse(const DenseSparseProblem& p, ParallelFor parallel_for);
