@@ -7,8 +7,9 @@ Two sets of cases, each implementation of a case in the same pytest-benchmark gr
 * on a CPU, the cpu backend's targets: x[2048, 4096] @ W[4096, 4096].T in fp32 --
   forward at block 32 (density 1/16 and 1/4), 16 and 64 (density 1/16), and the backward
   (input gradient + weight gradient on the active blocks) at block 32, density 1/16 --
-  with dense F.linear, torch's BSR weight in F.linear and CSR through torch.sparse.mm,
-  all measured in this run. The summary at the end (benchmarks/conftest.py) prints each
+  plus the forward and backward in bf16 (AMX tiles where the CPU has them), with dense
+  F.linear, torch's BSR weight in F.linear and CSR through torch.sparse.mm, all measured
+  in this run. The summary at the end (benchmarks/conftest.py) prints each
   one's speed-up over dense next to the ideal 1/density, with the CPU and thread count.
 
 Run: ``.venv/bin/python -m pytest benchmarks/test_bench_linear.py`` (``-k target`` for the
@@ -47,6 +48,8 @@ TARGETS = [
     Case("forward", TARGET_SHAPE, (16, 16), 1 / 16, "fp32"),
     Case("forward", TARGET_SHAPE, (64, 64), 1 / 16, "fp32"),
     Case("backward", TARGET_SHAPE, (32, 32), 1 / 16, "fp32"),
+    Case("forward", TARGET_SHAPE, (32, 32), 1 / 16, "bf16"),
+    Case("backward", TARGET_SHAPE, (32, 32), 1 / 16, "bf16"),
 ] if DEVICE.type == "cpu" else []
 
 PEERS = {"dense": impls.Dense, "torch-bsr": impls.TorchBsr, "torch-csr": impls.TorchCsr}

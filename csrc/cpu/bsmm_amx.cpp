@@ -1,8 +1,9 @@
-// The dense x sparse^T product (forward, and input gradient on W.T) for bf16 on AMX: the
-// tile unit multiplies 16 x 32 bf16 by 32 x 16 bf16 into 16 x 16 fp32 in one instruction,
-// about eight times the FMA units' rate, which is what dense bf16 F.linear (oneDNN) uses.
-// Only this unit is compiled for AMX (the pragma), and the dispatcher calls it only where
-// the CPU and the kernel allow AMX and the problem fits the tiles (dense_sparse_takes_bf16).
+// The CPU kernels for bf16 on AMX: the dense x sparse^T product (forward, and input gradient
+// on W.T) and the sampled weight gradient. The tile unit multiplies 16 x 32 bf16 by 32 x 16
+// bf16 into 16 x 16 fp32 in one instruction, many times the FMA units' rate; dense bf16
+// F.linear (oneDNN) uses it too. Only this unit is compiled for AMX (the pragma), and the
+// dispatcher calls it only where the CPU and the kernel allow AMX and, for the product, the
+// problem fits the tiles (dense_sparse_takes_bf16).
 //
 // As in bsmm_kernels.h: no C++ standard library header, everything internal but the entry.
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -40,7 +41,7 @@ namespace {
 
 using index::block_extent;
 
-// Tiles: A is 16 rows x 32 bf16 of a (in place, a row stride apart); B is 16 pairs of k x 16
+// Tiles: A is 16 rows x 32 bf16 of a (packed per tile of rows); B is 16 pairs of k x 16
 // output columns x 2 bf16, the pair-interleaved ("VNNI") layout the instruction reads, packed
 // from w; C is 16 x 16 fp32. A step computes 32 rows x 32 columns: C tiles 0-3, A tiles 4-5,
 // B tiles 6-7, all eight.
@@ -183,41 +184,50 @@ void store_step(const Context& ctx, const float* c, int64_t row0, int64_t rows, 
   }
 }
 
+// Rows [0, rows) of a (n_in columns) -> tile[k step][tile_rows][32]: each A tile then is
+// 1 KiB in one piece, where in place its 16 rows lie a row stride apart (a page each).
+// Rows from `rows` up to tile_rows are zeros.
+void pack_rows(const uint16_t* a, int64_t lda, int64_t rows, int64_t tile_rows, int64_t n_in, uint16_t* tile) {
+  const int64_t k_steps = n_in / TILE_K;
+  for (int64_t r = 0; r < tile_rows; ++r) {
+    const uint16_t* src = a + r * lda;
+    for (int64_t ks = 0; ks < k_steps; ++ks) {
+      uint16_t* dst = tile + (ks * tile_rows + r) * TILE_K;
+      if (r < rows) _mm512_storeu_si512(dst, _mm512_loadu_si512(src + ks * TILE_K));
+      else _mm512_storeu_si512(dst, _mm512_setzero_si512());
+    }
+  }
+}
+
+// Bytes of a packed tile of rows of a (see dense_sparse).
+constexpr int64_t TILE_BYTES = int64_t{512} << 10;
+
 void compute_tiles(void* raw, int64_t t0, int64_t t1) {
   const auto& c = *static_cast<const Context*>(raw);
   const auto& p = *c.p;
   const int64_t n_in = p.w.cols, n_out = p.w.rows, bo = p.block_out, bi = p.block_in;
-  // The last rows of a, when fewer than a step: copied into zero-padded rows, so that no
-  // tile reads past a.
-  uint16_t* padded = nullptr;
+  uint16_t* tile = static_cast<uint16_t*>(aligned_alloc(64, c.tile_m * n_in * sizeof(uint16_t)));
   float* result = static_cast<float*>(aligned_alloc(64, STEP_ROWS * STEP_COLS * sizeof(float)));
-  if (result == nullptr) {
+  if (tile == nullptr || result == nullptr) {
     __atomic_store_n(&const_cast<Context&>(c).failed, 1, __ATOMIC_RELAXED);
+    free(tile);
+    free(result);
     return;
   }
   configure_tiles();
+  int64_t packed = -1;
   for (int64_t t = t0; t < t1; ++t) {
     const int64_t mt = t / c.n_rows, br = c.br0 + t % c.n_rows;
     const int64_t m0 = mt * c.tile_m, rows_tile = min64(c.tile_m, p.m - m0);
+    const int64_t tile_rows = index::ceil_div(rows_tile, STEP_ROWS) * STEP_ROWS;
+    if (mt != packed) {
+      pack_rows(p.a_bf16 + m0 * p.lda, p.lda, rows_tile, tile_rows, n_in, tile);
+      packed = mt;
+    }
     const int64_t jb = p.ptr[br], je = p.ptr[br + 1];
     const int64_t ne = block_extent(br, bo, n_out);
     for (int64_t r0 = 0; r0 < rows_tile; r0 += STEP_ROWS) {
       const int64_t rows = min64(STEP_ROWS, rows_tile - r0);
-      const uint16_t* a = p.a_bf16 + (m0 + r0) * p.lda;
-      int64_t lda_bytes = p.lda * 2;
-      if (rows < STEP_ROWS) {
-        if (padded == nullptr) padded = static_cast<uint16_t*>(calloc(STEP_ROWS * n_in, sizeof(uint16_t)));
-        if (padded == nullptr) {
-          __atomic_store_n(&const_cast<Context&>(c).failed, 1, __ATOMIC_RELAXED);
-          break;
-        }
-        for (int64_t r = 0; r < STEP_ROWS; ++r) {
-          if (r < rows) memcpy(padded + r * n_in, a + r * p.lda, n_in * sizeof(uint16_t));
-          else memset(padded + r * n_in, 0, n_in * sizeof(uint16_t));
-        }
-        a = padded;
-        lda_bytes = n_in * 2;
-      }
       for (int64_t col0 = 0; col0 < ne; col0 += STEP_COLS) {
         const bool two = bo - col0 > TILE_COLS;  // a second column tile in this block row
         _tile_zero(0);
@@ -228,10 +238,10 @@ void compute_tiles(void* raw, int64_t t0, int64_t t1) {
           const int64_t col = p.idx[j], k_tiles = block_extent(col, bi, n_in) / TILE_K;
           const uint16_t* panel = reinterpret_cast<const uint16_t*>(c.panels + c.offset[j]);
           const uint16_t* b0 = panel + (col0 / TILE_COLS) * k_tiles * TILE_ELEMS;
-          const uint16_t* a0 = a + col * bi;
+          const uint16_t* a0 = tile + ((col * bi / TILE_K) * tile_rows + r0) * TILE_K;
           for (int64_t kt = 0; kt < k_tiles; ++kt) {
-            _tile_loadd(4, a0 + kt * TILE_K, lda_bytes);
-            _tile_loadd(5, reinterpret_cast<const char*>(a0 + kt * TILE_K) + TILE_ROWS * lda_bytes, lda_bytes);
+            _tile_loadd(4, a0 + kt * tile_rows * TILE_K, 64);
+            _tile_loadd(5, a0 + (kt * tile_rows + TILE_ROWS) * TILE_K, 64);
             _tile_loadd(6, b0 + kt * TILE_ELEMS, 64);
             _tile_dpbf16ps(0, 4, 6);
             _tile_dpbf16ps(2, 5, 6);
@@ -251,7 +261,7 @@ void compute_tiles(void* raw, int64_t t0, int64_t t1) {
     }
   }
   _tile_release();
-  free(padded);
+  free(tile);
   free(result);
 }
 
@@ -401,9 +411,9 @@ bool dense_sparse(const DenseSparseProblem& p, ParallelFor parallel_for, const i
   const int64_t n_blocks = p.ptr[br1] - c.j0;
   if (n_blocks > 0) parallel_for(n_blocks, pack_blocks, &c);
   if (p.m == 0 || c.n_rows == 0) return true;
-  // A tile of rows of a of about 512 KiB stays in L2 across the block rows.
+  // A tile of rows of a, packed, of about TILE_BYTES: it stays in L2 across the block rows.
   const int64_t step_bytes = STEP_ROWS * (p.w.cols > 0 ? p.w.cols : 1) * 2;
-  const int64_t steps = (int64_t{512} << 10) / step_bytes;
+  const int64_t steps = TILE_BYTES / step_bytes;
   c.tile_m = min64(steps < 1 ? 1 : steps, index::ceil_div(p.m, STEP_ROWS)) * STEP_ROWS;
   parallel_for(index::ceil_div(p.m, c.tile_m) * c.n_rows, compute_tiles, &c);
   return c.failed == 0;
