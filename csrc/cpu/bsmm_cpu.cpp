@@ -365,11 +365,25 @@ bool bsmm_sampled(const SampledProblem& p, ParallelFor parallel_for) {
   ZeroFill z{&p, active.data(), nb_cols};
   if (nb_rows > 0) parallel_for(nb_rows, zero_inactive, &z);
   if (p.nnz == 0) return true;
+  // Scratch for the packed operands, kept per calling thread between calls: a fresh buffer
+  // this size costs more in page faults and zeroing by the kernel than the packing itself.
+  // It only grows.
+  thread_local std::unique_ptr<float, FreeDeleter> cached;
+  thread_local int64_t cached_floats = 0;
+  auto cached_scratch = [&](int64_t floats) -> float* {
+    if (cached_floats < floats) {
+      cached.reset();
+      cached_floats = 0;
+      cached = scratch(floats);
+      if (!cached) return nullptr;
+      cached_floats = floats;
+    }
+    return cached.get();
+  };
   if (p.dy_bf16 != nullptr) {  // bf16 operands as they are: the AMX kernels, all of M at once
     if (!sampled_takes_bf16()) return false;  // the binding asks sampled_takes_bf16 first
-    const int64_t elems = amx::sampled_scratch_elems(p);
-    auto packed = scratch((elems + 1) / 2);
-    return packed && amx::sampled(p, parallel_for, reinterpret_cast<uint16_t*>(packed.get()));
+    float* packed = cached_scratch((amx::sampled_scratch_elems(p) + 1) / 2);
+    return packed != nullptr && amx::sampled(p, parallel_for, reinterpret_cast<uint16_t*>(packed));
   }
   // Column panels of dy and x for a chunk of rows of M: about PACKED_CHUNK floats, so they stay
   // in the last-level cache; fp32 dw takes the chunks' sums in place. A bf16 dw would need an
@@ -382,18 +396,8 @@ bool bsmm_sampled(const SampledProblem& p, ParallelFor parallel_for) {
   }
   const int64_t rows = std::max<int64_t>(chunk_rows, 1);
   const int64_t dy_floats = rows * nb_rows * p.block_out, x_floats = rows * nb_cols * p.block_in;
-  // Kept per calling thread between calls: a fresh buffer this size costs more in page
-  // faults and zeroing by the kernel than the packing itself. It only grows.
-  thread_local std::unique_ptr<float, FreeDeleter> cached;
-  thread_local int64_t cached_floats = 0;
-  if (cached_floats < dy_floats + x_floats) {
-    cached.reset();
-    cached_floats = 0;
-    cached = scratch(dy_floats + x_floats);
-    if (!cached) return false;
-    cached_floats = dy_floats + x_floats;
-  }
-  float* dy_panels = cached.get();
+  float* dy_panels = cached_scratch(dy_floats + x_floats);
+  if (dy_panels == nullptr) return false;
   float* x_panels = dy_panels + dy_floats;
   switch (active_isa()) {
     case Isa::kAmx:
