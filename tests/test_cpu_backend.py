@@ -139,6 +139,9 @@ def test_weight_gradient_over_several_chunks_of_rows(isa):
     # n + k = 32064) and adds each chunk's sums into dW: three chunks, the last one partial.
     layout, weight, x, grad, bias = make_case(64, 32000, 300, (32, 64), 0.3, seed=11)
     check_products(layout, weight, x, grad, bias)
+    # Partial edge blocks (N and K edges), summed outside dW across the chunks.
+    layout, weight, x, grad, bias = make_case(70, 32010, 300, (32, 64), 0.3, seed=12)
+    check_products(layout, weight, x, grad, bias)
     # bf16 takes all of M at once (no fp32 accumulator the size of the active blocks).
     layout, weight, x, grad, bias = make_case(64, 32000, 300, (32, 64), 0.3, dtype=torch.bfloat16, seed=11)
     check_products(layout, weight, x, grad, bias)
@@ -150,6 +153,10 @@ AMX_SHAPES = [
     (80, 128, 33, (16, 32), 0.5),  # 16-wide block rows: one column tile
     (100, 96, 70, (64, 32), 0.5),  # partial block rows at the N edge (100 = 64 + 36)
     (128, 256, 20, (128, 64), 0.4),  # wide blocks, fewer rows than a step
+    (64, 8192, 100, (32, 32), 0.3),  # several tiles of rows (one step of 32 rows each here)
+    (64, 96, 50, (32, 64), 0.6),  # input gradient on the tiles with a partial block row (K edge)
+    (96, 64, 0, (32, 32), 0.5),  # no rows
+    (64, 64, 40, (32, 32), 0.0),  # empty layout
 ]
 
 
@@ -166,10 +173,15 @@ def test_bf16_on_the_amx_tiles(case):
         layout, weight, x, grad, bias = make_case(N, K, M, block, density, dtype=torch.bfloat16, seed=N + M)
         check_products(layout, weight, x, grad, bias)
         check_products(layout, weight, x, grad, None)
-        # Weight stored transposed, x with a row stride: the tiles' other packing paths.
+        # Weight stored transposed, or every other column of a wider one; x with a row stride:
+        # the tiles' other packing paths.
         weight_t = weight.t().contiguous().t()
+        weight_strided = torch.stack([weight, torch.randn_like(weight)], 2).flatten(1)[:, ::2]
+        assert weight_strided.stride() == (2 * K, 2)
+        assert torch.equal(weight_strided.view(torch.int16), weight.view(torch.int16))  # NaN off the layout
         x_wide = torch.cat([x, torch.randn(M, 32).to(x.dtype)], 1)[:, :K]
         check_products(layout, weight_t, x_wide, grad, bias)
+        check_products(layout, weight_strided, x, grad, None)
     finally:
         set_cpu_isa(previous)
     # Below AMX the same products take the AVX-512 kernels.
@@ -178,6 +190,28 @@ def test_bf16_on_the_amx_tiles(case):
         assert not bf16_on_tiles(K, block)
     finally:
         set_cpu_isa(previous)
+
+
+def test_bf16_runs_on_the_tiles_where_it_fits():
+    # The tile unit treats bf16 subnormals as zero and the AVX-512 kernels do not: products of
+    # a subnormal input tell which kernel ran.
+    if "amx" not in supported_isas():
+        pytest.skip("this CPU (or OS) does not offer AMX")
+    backend = get_backend("cpu")
+    layout = sparsekern.BlockLayout.from_block_mask(torch.ones(1, 1, dtype=torch.bool), (32, 32), (32, 32))
+    tiny = torch.full((4, 32), 1e-39, dtype=torch.bfloat16)
+    big = torch.full((32, 32), 1e30, dtype=torch.bfloat16)
+    assert tiny[0, 0] != 0 and tiny[0, 0].abs() < torch.finfo(torch.bfloat16).tiny  # subnormal
+    for isa, expect_zero in (("amx", True), ("avx512", False)):
+        previous = set_cpu_isa(isa)
+        try:
+            y = backend.forward(tiny, big, None, layout.row_ptr, layout.col_idx, 32, 32)
+            dx = backend.grad_input(tiny, big, layout.col_ptr, layout.row_idx, 32, 32)
+            dw = backend.grad_weight(tiny, big[:4], layout.block_row, layout.col_idx, 32, 32)
+        finally:
+            set_cpu_isa(previous)
+        for name, out in (("y", y), ("dx", dx), ("dw", dw)):
+            assert bool((out == 0).all()) == expect_zero, f"{name} on {isa}: {out.flatten()[:4]}"
 
 
 def test_bf16_accumulates_in_fp32(isa):

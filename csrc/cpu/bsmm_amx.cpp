@@ -6,7 +6,10 @@
 // problem fits the tiles (dense_sparse_takes_bf16).
 //
 // As in bsmm_kernels.h: no C++ standard library header, everything internal but the entry.
-#if defined(__x86_64__) && defined(__GNUC__)
+// Compilers that know the AMX intrinsics (GCC 11, clang 12); others build the stubs at the
+// end, and the launcher (the same condition, SK_AMX) never offers AMX.
+#if defined(__x86_64__) && defined(__linux__) && \
+    ((defined(__clang__) && __clang_major__ >= 12) || (!defined(__clang__) && defined(__GNUC__) && __GNUC__ >= 11))
 #if defined(__clang__)
 #pragma clang attribute push(__attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw,avx512vl,avx512bf16,avx2,fma"))), \
                              apply_to = function)
@@ -54,16 +57,27 @@ struct TileConfig {
   uint8_t rows[16];
 };
 
-void configure_tiles() {
-  TileConfig cfg;
-  memset(&cfg, 0, sizeof cfg);
-  cfg.palette = 1;
-  for (int t = 0; t < 8; ++t) {
-    cfg.rows[t] = TILE_ROWS;
-    cfg.bytes_per_row[t] = 64;
+// Our tile configuration, loaded at the start of a task; the thread's previous one is put
+// back at its end (another library's AMX code on this thread, oneDNN's, may count on the
+// configuration it loaded being still in place).
+struct TileScope {
+  TileConfig saved;
+  TileScope() {
+    _tile_storeconfig(&saved);
+    TileConfig cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.palette = 1;
+    for (int t = 0; t < 8; ++t) {
+      cfg.rows[t] = TILE_ROWS;
+      cfg.bytes_per_row[t] = 64;
+    }
+    _tile_loadconfig(&cfg);
   }
-  _tile_loadconfig(&cfg);
-}
+  ~TileScope() {
+    if (saved.palette != 0) _tile_loadconfig(&saved);
+    else _tile_release();
+  }
+};
 
 inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 
@@ -214,7 +228,7 @@ void compute_tiles(void* raw, int64_t t0, int64_t t1) {
     free(result);
     return;
   }
-  configure_tiles();
+  TileScope tiles;
   int64_t packed = -1;
   for (int64_t t = t0; t < t1; ++t) {
     const int64_t mt = t / c.n_rows, br = c.br0 + t % c.n_rows;
@@ -260,7 +274,6 @@ void compute_tiles(void* raw, int64_t t0, int64_t t1) {
       }
     }
   }
-  _tile_release();
   free(tile);
   free(result);
 }
@@ -335,7 +348,7 @@ void sampled_blocks(void* raw, int64_t j0, int64_t j1) {
     __atomic_store_n(&const_cast<SampledContext&>(c).failed, 1, __ATOMIC_RELAXED);
     return;
   }
-  configure_tiles();
+  TileScope tiles;
   for (int64_t j = j0; j < j1; ++j) {
     const int64_t br = p.block_row[j], bc = p.col_idx[j];
     const int64_t ie = block_extent(br, bo, p.n), ke = block_extent(bc, bi, p.k);
@@ -385,7 +398,6 @@ void sampled_blocks(void* raw, int64_t j0, int64_t j1) {
       }
     }
   }
-  _tile_release();
   free(result);
 }
 

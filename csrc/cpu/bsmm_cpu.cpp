@@ -51,8 +51,9 @@ SK_DECLARE_KERNELS(avx512)
 #define SK_X86 1
 #include <cpuid.h>
 #endif
-#if defined(__x86_64__) && defined(__GNUC__) && defined(__linux__)
-#define SK_AMX 1  // bsmm_amx.cpp is built for AMX
+#if defined(__x86_64__) && defined(__linux__) && \
+    ((defined(__clang__) && __clang_major__ >= 12) || (!defined(__clang__) && defined(__GNUC__) && __GNUC__ >= 11))
+#define SK_AMX 1  // bsmm_amx.cpp is built for AMX (the same condition there)
 #include <sys/syscall.h>
 #include <unistd.h>
 #endif
@@ -280,7 +281,9 @@ bool bsmm_dense_sparse(const DenseSparseProblem& p, ParallelFor parallel_for) {
     if (!panels) return false;
     panel_floats = largest;
   }
-  const Isa isa = active_isa();
+  // A bf16 `a` goes to the AMX kernels, checked above (whatever the ISA is by now); an fp32
+  // one to the kernels of the ISA read here.
+  const Isa isa = on_amx ? Isa::kAmx : active_isa();
   int64_t br0 = 0;
   for (int64_t br1 : group_end) {
     bool ok;
@@ -359,6 +362,7 @@ void zero_inactive(void* raw, int64_t br0, int64_t br1) {
 }  // namespace
 
 bool bsmm_sampled(const SampledProblem& p, ParallelFor parallel_for) {
+  if (p.dy_bf16 != nullptr && !sampled_takes_bf16()) return false;  // the binding asks first
   const int64_t nb_rows = index::num_blocks(p.n, p.block_out), nb_cols = index::num_blocks(p.k, p.block_in);
   std::vector<uint8_t> active(static_cast<size_t>(nb_rows * nb_cols), 0);
   for (int64_t j = 0; j < p.nnz; ++j) active[p.block_row[j] * nb_cols + p.col_idx[j]] = 1;
@@ -381,7 +385,6 @@ bool bsmm_sampled(const SampledProblem& p, ParallelFor parallel_for) {
     return cached.get();
   };
   if (p.dy_bf16 != nullptr) {  // bf16 operands as they are: the AMX kernels, all of M at once
-    if (!sampled_takes_bf16()) return false;  // the binding asks sampled_takes_bf16 first
     float* packed = cached_scratch((amx::sampled_scratch_elems(p) + 1) / 2);
     return packed != nullptr && amx::sampled(p, parallel_for, reinterpret_cast<uint16_t*>(packed));
   }

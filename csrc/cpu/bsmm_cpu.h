@@ -11,8 +11,8 @@ enum class DType : int { kFloat32 = 0, kBFloat16 = 1 };
 
 // Instruction sets, best last. The kernels are compiled once per set (bsmm_<isa>.cpp) and
 // chosen at run time from what the CPU reports. kAmx is AVX-512 plus the AMX tile unit for
-// bf16 products (bsmm_amx.cpp, the forward and input gradient); everything else runs the
-// AVX-512 kernels there.
+// bf16 (bsmm_amx.cpp: the products that fit its tiles, and every bf16 weight gradient);
+// everything else runs the AVX-512 kernels there.
 enum class Isa : int { kPortable = 0, kAvx2 = 1, kAvx512 = 2, kAmx = 3 };
 
 // Parallel loop supplied by the caller (the binding passes at::parallel_for, so the kernels

@@ -6,8 +6,9 @@ AVX-512, and AMX for bf16) and the best one the CPU reports is used; ``cpu_isa``
 choose a lesser one. fp32 and bf16 inputs, fp32 accumulation; float64 is not supported (the
 reference backend runs it).
 
-On "amx", bf16 forward and input-gradient products run on the AMX tiles when their blocks
-fit them (``bf16_on_tiles``); everything else runs the AVX-512 kernels.
+On "amx", bf16 runs on the AMX tiles: the forward and input gradient when their shape fits
+them (``bf16_on_tiles``), the weight gradient always; fp32, and bf16 products that do not
+fit, run the AVX-512 kernels.
 """
 
 import torch
