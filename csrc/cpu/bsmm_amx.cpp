@@ -24,20 +24,11 @@
 #include <string.h>
 
 #include "../common/block_index.h"
-#include "bsmm_cpu.h"
+#include "bsmm_amx.h"
 
 namespace sparsekern {
 namespace cpu {
 namespace amx {
-
-// As avx512::dense_sparse, for a bf16 `a_bf16` and a bf16 w; false when out of scratch memory.
-bool dense_sparse(const DenseSparseProblem& p, ParallelFor parallel_for, const int32_t* outer,
-                  const int64_t* panel_offset, float* panels, int64_t br0, int64_t br1);
-// The weight gradient of bf16 dy_bf16 and x_bf16 over all of M at once, into scratch of
-// sampled_scratch_elems(p) bf16 from the caller; writes the active blocks of dw (the caller
-// writes the zeros). False when out of scratch memory.
-bool sampled(const SampledProblem& p, ParallelFor parallel_for, uint16_t* scratch);
-int64_t sampled_scratch_elems(const SampledProblem& p);
 
 #ifdef SK_AMX_BUILD
 namespace {

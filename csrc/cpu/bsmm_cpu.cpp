@@ -1,6 +1,7 @@
 // Launchers of the CPU kernels: the run-time choice of instruction set, the O(nnz) index
 // preparation and the scratch memory, then one of the per-ISA kernel units.
 #include "bsmm_cpu.h"
+#include "bsmm_amx.h"
 
 #include <algorithm>
 #include <atomic>
@@ -32,16 +33,6 @@
   }                                                                                                  \
   }                                                                                                  \
   }
-namespace sparsekern {
-namespace cpu {
-namespace amx {
-bool dense_sparse(const DenseSparseProblem& p, ParallelFor parallel_for, const int32_t* outer,
-                  const int64_t* panel_offset, float* panels, int64_t br0, int64_t br1);
-bool sampled(const SampledProblem& p, ParallelFor parallel_for, uint16_t* scratch);
-int64_t sampled_scratch_elems(const SampledProblem& p);
-}
-}  // namespace cpu
-}  // namespace sparsekern
 SK_DECLARE_KERNELS(portable)
 SK_DECLARE_KERNELS(avx2)
 SK_DECLARE_KERNELS(avx512)
@@ -140,6 +131,23 @@ std::unique_ptr<float, FreeDeleter> scratch(int64_t floats) {
   }
   return std::unique_ptr<float, FreeDeleter>(static_cast<float*>(p));
 }
+
+// Scratch kept by a thread between calls (thread_local at the call site): a fresh buffer of
+// this size would cost its page faults and zeroing by the kernel on every call. It only grows.
+struct KeptScratch {
+  std::unique_ptr<float, FreeDeleter> buffer;
+  int64_t floats = 0;
+  float* at_least(int64_t n) {  // null when out of memory
+    if (floats < n || !buffer) {
+      buffer.reset();
+      floats = 0;
+      buffer = scratch(n);
+      if (!buffer) return nullptr;
+      floats = n;
+    }
+    return buffer.get();
+  }
+};
 
 // Freed outputs kept for the next call of the same size. A fresh 32 MiB output costs the
 // kernel's zeroing of every page it faults in, about a tenth of a forward pass at density
@@ -270,17 +278,9 @@ bool bsmm_dense_sparse(const DenseSparseProblem& p, ParallelFor parallel_for) {
   }
   group_end.push_back(nb_out);
   largest = std::max(largest, total);
-  // Kept per calling thread between calls, like the weight gradient's panels: a fresh buffer
-  // costs its page faults and zeroing on every call. It only grows.
-  thread_local std::unique_ptr<float, FreeDeleter> panels;
-  thread_local int64_t panel_floats = 0;
-  if (panel_floats < largest) {
-    panels.reset();
-    panel_floats = 0;
-    panels = scratch(largest);
-    if (!panels) return false;
-    panel_floats = largest;
-  }
+  thread_local KeptScratch kept_panels;
+  float* const panels = kept_panels.at_least(largest);
+  if (panels == nullptr) return false;
   // A bf16 `a` goes to the AMX kernels, checked above (whatever the ISA is by now); an fp32
   // one to the kernels of the ISA read here.
   const Isa isa = on_amx ? Isa::kAmx : active_isa();
@@ -290,13 +290,13 @@ bool bsmm_dense_sparse(const DenseSparseProblem& p, ParallelFor parallel_for) {
     switch (isa) {
       case Isa::kAmx:
         if (on_amx) {
-          ok = amx::dense_sparse(p, parallel_for, outer.data(), offset.data(), panels.get(), br0, br1);
+          ok = amx::dense_sparse(p, parallel_for, outer.data(), offset.data(), panels, br0, br1);
           break;
         }
         [[fallthrough]];
-      case Isa::kAvx512: ok = avx512::dense_sparse(p, parallel_for, outer.data(), offset.data(), panels.get(), br0, br1); break;
-      case Isa::kAvx2: ok = avx2::dense_sparse(p, parallel_for, outer.data(), offset.data(), panels.get(), br0, br1); break;
-      default: ok = portable::dense_sparse(p, parallel_for, outer.data(), offset.data(), panels.get(), br0, br1); break;
+      case Isa::kAvx512: ok = avx512::dense_sparse(p, parallel_for, outer.data(), offset.data(), panels, br0, br1); break;
+      case Isa::kAvx2: ok = avx2::dense_sparse(p, parallel_for, outer.data(), offset.data(), panels, br0, br1); break;
+      default: ok = portable::dense_sparse(p, parallel_for, outer.data(), offset.data(), panels, br0, br1); break;
     }
     if (!ok) return false;
     br0 = br1;
@@ -369,23 +369,9 @@ bool bsmm_sampled(const SampledProblem& p, ParallelFor parallel_for) {
   ZeroFill z{&p, active.data(), nb_cols};
   if (nb_rows > 0) parallel_for(nb_rows, zero_inactive, &z);
   if (p.nnz == 0) return true;
-  // Scratch for the packed operands, kept per calling thread between calls: a fresh buffer
-  // this size costs more in page faults and zeroing by the kernel than the packing itself.
-  // It only grows.
-  thread_local std::unique_ptr<float, FreeDeleter> cached;
-  thread_local int64_t cached_floats = 0;
-  auto cached_scratch = [&](int64_t floats) -> float* {
-    if (cached_floats < floats) {
-      cached.reset();
-      cached_floats = 0;
-      cached = scratch(floats);
-      if (!cached) return nullptr;
-      cached_floats = floats;
-    }
-    return cached.get();
-  };
+  thread_local KeptScratch kept_panels;  // the packed operands
   if (p.dy_bf16 != nullptr) {  // bf16 operands as they are: the AMX kernels, all of M at once
-    float* packed = cached_scratch((amx::sampled_scratch_elems(p) + 1) / 2);
+    float* packed = kept_panels.at_least((amx::sampled_scratch_elems(p) + 1) / 2);
     return packed != nullptr && amx::sampled(p, parallel_for, reinterpret_cast<uint16_t*>(packed));
   }
   // Column panels of dy and x for a chunk of rows of M: about PACKED_CHUNK floats, so they stay
@@ -399,7 +385,7 @@ bool bsmm_sampled(const SampledProblem& p, ParallelFor parallel_for) {
   }
   const int64_t rows = std::max<int64_t>(chunk_rows, 1);
   const int64_t dy_floats = rows * nb_rows * p.block_out, x_floats = rows * nb_cols * p.block_in;
-  float* dy_panels = cached_scratch(dy_floats + x_floats);
+  float* dy_panels = kept_panels.at_least(dy_floats + x_floats);
   if (dy_panels == nullptr) return false;
   float* x_panels = dy_panels + dy_floats;
   switch (active_isa()) {

@@ -1,0 +1,26 @@
+// The bf16 kernels on AMX tiles (bsmm_amx.cpp), called by the launcher (bsmm_cpu.cpp) where
+// dense_sparse_takes_bf16 / sampled_takes_bf16 say so.
+#pragma once
+
+#include <stdint.h>
+
+#include "bsmm_cpu.h"
+
+namespace sparsekern {
+namespace cpu {
+namespace amx {
+
+// As the fp32 kernels' dense_sparse (bsmm_kernels.h), for a bf16 `a_bf16` and a bf16 w; false
+// when out of scratch memory.
+bool dense_sparse(const DenseSparseProblem& p, ParallelFor parallel_for, const int32_t* outer,
+                  const int64_t* panel_offset, float* panels, int64_t br0, int64_t br1);
+
+// The weight gradient of bf16 dy_bf16 and x_bf16 over all of M at once, into scratch of
+// sampled_scratch_elems(p) bf16 from the caller; writes the active blocks of dw (the caller
+// writes the zeros). False when out of scratch memory.
+bool sampled(const SampledProblem& p, ParallelFor parallel_for, uint16_t* scratch);
+int64_t sampled_scratch_elems(const SampledProblem& p);
+
+}  // namespace amx
+}  // namespace cpu
+}  // namespace sparsekern
