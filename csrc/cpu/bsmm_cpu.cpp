@@ -94,13 +94,18 @@ bool cpu_has(Isa isa) {
 }
 
 // SPARSEKERN_CPU_ISA=portable|avx2|avx512|amx caps the choice (never above what the CPU has).
+// Sets above the cap are not probed: asking for AMX changes the process (the OS then saves
+// the tile state on every signal).
 Isa initial_isa() {
-  Isa isa = best_isa();
+  const Isa all[] = {Isa::kPortable, Isa::kAvx2, Isa::kAvx512, Isa::kAmx};
+  int cap = 3;
   if (const char* env = std::getenv("SPARSEKERN_CPU_ISA")) {
-    for (Isa cap : {Isa::kPortable, Isa::kAvx2, Isa::kAvx512, Isa::kAmx})
-      if (std::strcmp(env, isa_name(cap)) == 0 && static_cast<int>(cap) < static_cast<int>(isa)) isa = cap;
+    for (int i = 0; i < 4; ++i)
+      if (std::strcmp(env, isa_name(all[i])) == 0) cap = i;
   }
-  return isa;
+  for (int i = cap; i > 0; --i)
+    if (cpu_has(all[i])) return all[i];
+  return Isa::kPortable;
 }
 
 std::atomic<int> g_isa{-1};
