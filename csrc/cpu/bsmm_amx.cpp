@@ -82,8 +82,7 @@ struct Context {
   int failed;
 };
 
-// One B tile from w: tile[q][n][e] = w[n0 + n][k0 + 2q + e] (zero past row ne of the block).
-// (GCC 12 warns inside its own intrinsics here, about the undefined vector they start from.)
+// (GCC 12 warns inside its own intrinsics below, about the undefined vector they start from.)
 #if !defined(__clang__)
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wuninitialized"
@@ -124,6 +123,7 @@ inline void interleave_rows(const uint16_t* first, const uint16_t* second, uint1
   _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + 16), _mm256_permute2x128_si256(a, b, 0x31));
 }
 
+// One B tile from w: tile[q][n][e] = w[n0 + n][k0 + 2q + e] (zero past row ne of the block).
 void pack_tile(const StridedMatrix& w, int64_t n0, int64_t ne, int64_t k0, uint16_t* tile) {
   const uint16_t* data = static_cast<const uint16_t*>(w.data);
   const int64_t sr = w.stride_row, sc = w.stride_col;
@@ -135,7 +135,8 @@ void pack_tile(const StridedMatrix& w, int64_t n0, int64_t ne, int64_t k0, uint1
   }
   if (sr == 1 && n0 + TILE_COLS <= ne) {
     // A transposed view (the input gradient): rows k and k + 1 of memory hold 16 n each.
-    for (int q = 0; q < 16; ++q) interleave_rows(data + (k0 + 2 * q) * sc + n0, data + (k0 + 2 * q + 1) * sc + n0, tile + q * 32);
+    for (int q = 0; q < 16; ++q)
+      interleave_rows(data + (k0 + 2 * q) * sc + n0, data + (k0 + 2 * q + 1) * sc + n0, tile + q * 32);
     return;
   }
   for (int q = 0; q < 16; ++q)  // other strides, or the block's last rows
@@ -156,13 +157,12 @@ void pack_blocks(void* raw, int64_t j0, int64_t j1) {
     const int64_t ne = block_extent(o, p.block_out, p.w.rows), ke = block_extent(col, p.block_in, p.w.cols);
     uint16_t* dst = reinterpret_cast<uint16_t*>(c.panels + c.offset[j]);
     const int64_t k_tiles = ke / TILE_K;
+    StridedMatrix block = p.w;  // the block, as a matrix of its own
+    block.data = static_cast<const uint16_t*>(p.w.data) + o * p.block_out * p.w.stride_row +
+                 col * p.block_in * p.w.stride_col;
     for (int64_t n16 = 0; n16 < p.block_out / TILE_COLS; ++n16)
-      for (int64_t kt = 0; kt < k_tiles; ++kt) {
-        StridedMatrix block = p.w;
-        block.data = static_cast<const uint16_t*>(p.w.data) + o * p.block_out * p.w.stride_row +
-                     col * p.block_in * p.w.stride_col;
+      for (int64_t kt = 0; kt < k_tiles; ++kt)
         pack_tile(block, n16 * TILE_COLS, ne, kt * TILE_K, dst + (n16 * k_tiles + kt) * TILE_ELEMS);
-      }
   }
 }
 
@@ -396,7 +396,9 @@ void sampled_blocks(void* raw, int64_t j0, int64_t j1) {
 
 int64_t sampled_scratch_elems(const SampledProblem& p) {
   const int64_t steps = index::ceil_div(p.m, TILE_K);
-  return steps * TILE_K * (index::num_blocks(p.n, p.block_out) * p.block_out + index::num_blocks(p.k, p.block_in) * p.block_in);
+  const int64_t padded_n = index::num_blocks(p.n, p.block_out) * p.block_out;
+  const int64_t padded_k = index::num_blocks(p.k, p.block_in) * p.block_in;
+  return steps * TILE_K * (padded_n + padded_k);
 }
 
 bool sampled(const SampledProblem& p, ParallelFor parallel_for, uint16_t* scratch) {

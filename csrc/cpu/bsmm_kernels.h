@@ -518,7 +518,8 @@ void sampled_blocks(void* raw, int64_t j0, int64_t j1) {
         for (int64_t i0 = 0; i0 < bo; i0 += MR) {
           for (int64_t q0 = 0; q0 < bi; q0 += NC, ++u) {
             const bool on_x = u < x_tiles;
-            const int64_t lines = on_x ? x_lines : dy_lines, n = on_x ? x_tiles : tiles - x_tiles, v = on_x ? u : u - x_tiles;
+            const int64_t lines = on_x ? x_lines : dy_lines;
+            const int64_t n = on_x ? x_tiles : tiles - x_tiles, v = on_x ? u : u - x_tiles;
             const int64_t l0 = lines * v / n, l1 = lines * (v + 1) / n;
             const float* ahead = (on_x ? x_ahead : dy_ahead);
             sampled_micro<MR, NV>(dy_panel + m0 * bo + i0, bo, x_panel + q0, bi, mc, a + i0 * ld_a + q0, ld_a, first,
