@@ -166,9 +166,19 @@ Tensor rows_fp32(const Tensor& t) {
 
 int64_t leading_dim(const Tensor& t) { return t.size(0) > 1 ? t.stride(0) : t.size(1); }
 
+cpu::DType dtype_of(const Tensor& t) {
+  return t.scalar_type() == at::kFloat ? cpu::DType::kFloat32 : cpu::DType::kBFloat16;
+}
+
 cpu::StridedMatrix strided(const Tensor& t) {
-  return {t.data_ptr(), t.scalar_type() == at::kFloat ? cpu::DType::kFloat32 : cpu::DType::kBFloat16,
-          t.size(0), t.size(1), t.stride(0), t.stride(1)};
+  return {t.data_ptr(), dtype_of(t), t.size(0), t.size(1), t.stride(0), t.stride(1)};
+}
+
+// A dense operand as the kernels read it: rows contiguous, fp32 (rows_fp32), or bf16 as it is
+// where the kernels multiply bf16 (keep_bf16: AMX).
+Tensor kernel_rows(const Tensor& t, bool keep_bf16) {
+  if (!keep_bf16) return rows_fp32(t);
+  return t.stride(1) == 1 || t.size(1) <= 1 ? t : t.contiguous();
 }
 
 // An output the caller may supply (`out`, e.g. poisoned by the tests): shape, dtype, layout.
@@ -189,18 +199,13 @@ Tensor output(const std::optional<Tensor>& out, at::IntArrayRef shape, const Ten
   return *out;
 }
 
-cpu::DType dtype_of(const Tensor& t) {
-  return t.scalar_type() == at::kFloat ? cpu::DType::kFloat32 : cpu::DType::kBFloat16;
-}
-
 // y[M, n_out] = a[M, n_in] @ w.T over the blocks of (ptr, ind); w may be W or W.T (a view).
 Tensor dense_sparse(const Tensor& a, const Tensor& w, const std::optional<Tensor>& bias, const Tensor& ptr,
                     const Tensor& ind, int64_t block_out, int64_t block_in, const std::optional<Tensor>& out) {
   Tensor y = output(out, {a.size(0), w.size(0)}, a);
-  // bf16 a is read as it is where the kernels multiply bf16 (AMX), else converted to fp32.
-  const bool bf16_a = a.scalar_type() == at::kBFloat16 && w.scalar_type() == at::kBFloat16 &&
-                      cpu::dense_sparse_takes_bf16(w.size(1), block_out, block_in);
-  const Tensor a_in = !bf16_a ? rows_fp32(a) : a.stride(1) == 1 || a.size(1) <= 1 ? a : a.contiguous();
+  // (The argument checks made a's and w's dtypes equal.)
+  const bool bf16_a = a.scalar_type() == at::kBFloat16 && cpu::dense_sparse_takes_bf16(w.size(1), block_out, block_in);
+  const Tensor a_in = kernel_rows(a, bf16_a);
   Tensor bias32;
   if (bias.has_value()) bias32 = bias->to(at::kFloat).contiguous();
   cpu::DenseSparseProblem p{bf16_a ? nullptr : a_in.data_ptr<float>(),
@@ -246,13 +251,9 @@ Tensor bsmm_grad_weight_cpu(const Tensor& grad_out, const Tensor& x, const Tenso
   TORCH_CHECK(err == idx::kIndexOk, "invalid block index (block_row, col_idx): ", idx::describe(err));
   // The one [out, in] tensor; the kernels write all of it (zeros off the layout).
   Tensor dw = output(out, {n, k}, x);
-  // bf16 operands are read as they are where the kernels multiply bf16 (AMX), else converted.
-  const bool bf16_in = grad_out.scalar_type() == at::kBFloat16 && x.scalar_type() == at::kBFloat16 &&
-                       cpu::sampled_takes_bf16();
-  auto rows_in = [&](const Tensor& t) {
-    return !bf16_in ? rows_fp32(t) : t.stride(1) == 1 || t.size(1) <= 1 ? t : t.contiguous();
-  };
-  const Tensor dy_in = rows_in(grad_out), x_in = rows_in(x);
+  // (The argument checks made grad_out's and x's dtypes equal.)
+  const bool bf16_in = x.scalar_type() == at::kBFloat16 && cpu::sampled_takes_bf16();
+  const Tensor dy_in = kernel_rows(grad_out, bf16_in), x_in = kernel_rows(x, bf16_in);
   auto as_bf16 = [&](const Tensor& t) { return bf16_in ? static_cast<const uint16_t*>(t.data_ptr()) : nullptr; };
   auto as_fp32 = [&](const Tensor& t) { return bf16_in ? nullptr : t.data_ptr<float>(); };
   cpu::SampledProblem p{as_fp32(dy_in), as_bf16(dy_in), leading_dim(dy_in), as_fp32(x_in), as_bf16(x_in),
@@ -264,10 +265,10 @@ Tensor bsmm_grad_weight_cpu(const Tensor& grad_out, const Tensor& x, const Tenso
 }
 
 cpu::Isa parse_isa(const std::string& name) {
-  for (cpu::Isa isa : {cpu::Isa::kPortable, cpu::Isa::kAvx2, cpu::Isa::kAvx512, cpu::Isa::kAmx})
-    if (name == cpu::isa_name(isa)) return isa;
-  TORCH_CHECK_VALUE(false, "isa must be one of 'portable', 'avx2', 'avx512', 'amx', got '", name, "'");
-  return cpu::Isa::kPortable;  // unreachable
+  cpu::Isa isa = cpu::Isa::kPortable;
+  TORCH_CHECK_VALUE(cpu::isa_from_name(name.c_str(), &isa),
+                    "isa must be one of 'portable', 'avx2', 'avx512', 'amx', got '", name, "'");
+  return isa;
 }
 
 void register_cpu(pybind11::module_& m) {

@@ -182,6 +182,9 @@ def test_bf16_on_the_amx_tiles(case):
         x_wide = torch.cat([x, torch.randn(M, 32).to(x.dtype)], 1)[:, :K]
         check_products(layout, weight_t, x_wide, grad, bias)
         check_products(layout, weight_strided, x, grad, None)
+        weight_odd_rows = torch.cat([weight, weight[:, :1]], 1)[:, :K]  # rows an odd number of elements apart
+        assert weight_odd_rows.stride() == (K + 1, 1)
+        check_products(layout, weight_odd_rows, x, grad, bias)
     finally:
         set_cpu_isa(previous)
     # Below AMX the same products take the AVX-512 kernels.

@@ -6,31 +6,30 @@
 // problem fits the tiles (dense_sparse_takes_bf16).
 //
 // As in bsmm_kernels.h: no C++ standard library header, everything internal but the entry.
-// Compilers that know the AMX intrinsics (GCC 11, clang 12); others build the stubs at the
-// end, and the launcher (the same condition, SK_AMX) never offers AMX.
-#if defined(__x86_64__) && defined(__linux__) && \
-    ((defined(__clang__) && __clang_major__ >= 12) || (!defined(__clang__) && defined(__GNUC__) && __GNUC__ >= 11))
+// Where the compiler cannot build it (no SK_AMX, see bsmm_amx.h) the entries are stubs.
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "bsmm_amx.h"
+#ifdef SK_AMX
 #if defined(__clang__)
 #pragma clang attribute push(__attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw,avx512vl,avx512bf16,avx2,fma"))), \
                              apply_to = function)
 #else
 #pragma GCC target("amx-tile,amx-bf16,avx512f,avx512bw,avx512vl,avx512bf16,avx2,fma")
 #endif
-#define SK_AMX_BUILD 1
 #include <immintrin.h>
-#endif
-#include <stdint.h>
-#include <stdlib.h>
-#include <string.h>
 
+#include "transpose_avx512.h"
+#endif
 #include "../common/block_index.h"
-#include "bsmm_amx.h"
 
 namespace sparsekern {
 namespace cpu {
 namespace amx {
 
-#ifdef SK_AMX_BUILD
+#ifdef SK_AMX
 namespace {
 
 using index::block_extent;
@@ -89,29 +88,9 @@ struct Context {
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #endif
 // dst row c = column c of the 16 x 16 matrix of 32-bit words whose row r is at src + r * lds
-// (bf16 elements apart): unpack pairs of rows, pairs of pairs, then exchange 128-bit lanes.
-void transpose_words(const uint16_t* src, int64_t lds, uint16_t* dst) {
-  __m512i r[16], t[16];
-  for (int n = 0; n < 16; ++n) r[n] = _mm512_loadu_si512(src + n * lds);
-  for (int i = 0; i < 16; i += 2) {
-    t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
-    t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
-  }
-  for (int i = 0; i < 16; i += 4) {
-    r[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
-    r[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
-    r[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
-    r[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
-  }
-  for (int h = 0; h < 16; h += 8)
-    for (int i = 0; i < 4; ++i) {
-      t[h + i] = _mm512_shuffle_i32x4(r[h + i], r[h + i + 4], 0x88);
-      t[h + i + 4] = _mm512_shuffle_i32x4(r[h + i], r[h + i + 4], 0xdd);
-    }
-  for (int i = 0; i < 8; ++i) {
-    _mm512_storeu_si512(dst + i * 32, _mm512_shuffle_i32x4(t[i], t[i + 8], 0x88));
-    _mm512_storeu_si512(dst + (i + 8) * 32, _mm512_shuffle_i32x4(t[i], t[i + 8], 0xdd));
-  }
+// (bf16 elements apart; lds even): a pair of bf16 moves as one word.
+inline void transpose_words(const uint16_t* src, int64_t lds, uint16_t* dst) {
+  transpose16(reinterpret_cast<const float*>(src), lds / 2, reinterpret_cast<float*>(dst), 16);
 }
 
 // One tile row from two rows of 16 bf16 (`first`, `second`): first[0] second[0] first[1] ...
@@ -127,9 +106,9 @@ inline void interleave_rows(const uint16_t* first, const uint16_t* second, uint1
 void pack_tile(const StridedMatrix& w, int64_t n0, int64_t ne, int64_t k0, uint16_t* tile) {
   const uint16_t* data = static_cast<const uint16_t*>(w.data);
   const int64_t sr = w.stride_row, sc = w.stride_col;
-  if (sc == 1 && n0 + TILE_COLS <= ne) {
+  if (sc == 1 && sr % 2 == 0 && n0 + TILE_COLS <= ne) {
     // w's rows hold k: a pair (k, k + 1) is one 32-bit word, so the tile is a 16 x 16
-    // transpose of words (rows n -> rows q).
+    // transpose of words (rows n -> rows q; rows a whole number of words apart).
     transpose_words(data + n0 * sr + k0, sr, tile);
     return;
   }
@@ -436,6 +415,6 @@ bool sampled(const SampledProblem&, ParallelFor, uint16_t*) { return false; }
 }  // namespace cpu
 }  // namespace sparsekern
 
-#if defined(__clang__) && defined(SK_AMX_BUILD)
+#if defined(__clang__) && defined(SK_AMX)
 #pragma clang attribute pop
 #endif

@@ -6,6 +6,13 @@
 
 #include "bsmm_cpu.h"
 
+// Only with compilers that know the AMX intrinsics (GCC 11, clang 12), on x86-64 Linux (which
+// hands out the tile state), is bsmm_amx.cpp built for AMX, and AMX offered by the launcher.
+#if defined(__x86_64__) && defined(__linux__) && \
+    ((defined(__clang__) && __clang_major__ >= 12) || (!defined(__clang__) && defined(__GNUC__) && __GNUC__ >= 11))
+#define SK_AMX 1
+#endif
+
 namespace sparsekern {
 namespace cpu {
 namespace amx {

@@ -42,9 +42,7 @@ SK_DECLARE_KERNELS(avx512)
 #define SK_X86 1
 #include <cpuid.h>
 #endif
-#if defined(__x86_64__) && defined(__linux__) && \
-    ((defined(__clang__) && __clang_major__ >= 12) || (!defined(__clang__) && defined(__GNUC__) && __GNUC__ >= 11))
-#define SK_AMX 1  // bsmm_amx.cpp is built for AMX (the same condition there)
+#ifdef SK_AMX  // see bsmm_amx.h
 #include <sys/syscall.h>
 #include <unistd.h>
 #endif
@@ -93,19 +91,19 @@ bool cpu_has(Isa isa) {
   }
 }
 
-// SPARSEKERN_CPU_ISA=portable|avx2|avx512|amx caps the choice (never above what the CPU has).
-// Sets above the cap are not probed: asking for AMX changes the process (the OS then saves
-// the tile state on every signal).
-Isa initial_isa() {
-  const Isa all[] = {Isa::kPortable, Isa::kAvx2, Isa::kAvx512, Isa::kAmx};
-  int cap = 3;
-  if (const char* env = std::getenv("SPARSEKERN_CPU_ISA")) {
-    for (int i = 0; i < 4; ++i)
-      if (std::strcmp(env, isa_name(all[i])) == 0) cap = i;
-  }
-  for (int i = cap; i > 0; --i)
-    if (cpu_has(all[i])) return all[i];
+// The best set up to `cap` this CPU supports. Sets above the cap are not probed: asking for
+// AMX changes the process (the OS then saves the tile state on every signal).
+Isa best_isa_up_to(Isa cap) {
+  for (int i = static_cast<int>(cap); i > 0; --i)
+    if (cpu_has(static_cast<Isa>(i))) return static_cast<Isa>(i);
   return Isa::kPortable;
+}
+
+// SPARSEKERN_CPU_ISA=portable|avx2|avx512|amx caps the choice (never above what the CPU has).
+Isa initial_isa() {
+  Isa cap = Isa::kAmx;
+  if (const char* env = std::getenv("SPARSEKERN_CPU_ISA")) isa_from_name(env, &cap);
+  return best_isa_up_to(cap);
 }
 
 std::atomic<int> g_isa{-1};
@@ -187,7 +185,7 @@ void* alloc_output(int64_t bytes) {
     cache.idle.erase(cache.idle.begin() + static_cast<int64_t>(i));
     break;
   }
-  if (p == nullptr) p = scratch((bytes + 3) / 4).release();
+  if (p == nullptr) p = scratch(index::ceil_div(bytes, 4)).release();
   if (p != nullptr) cache.live.emplace(p, size);
   return p;
 }
@@ -224,12 +222,17 @@ const char* isa_name(Isa isa) {
   return "unknown";
 }
 
-Isa best_isa() {
-  if (cpu_has(Isa::kAmx)) return Isa::kAmx;
-  if (cpu_has(Isa::kAvx512)) return Isa::kAvx512;
-  if (cpu_has(Isa::kAvx2)) return Isa::kAvx2;
-  return Isa::kPortable;
+bool isa_from_name(const char* name, Isa* isa) {
+  for (Isa each : {Isa::kPortable, Isa::kAvx2, Isa::kAvx512, Isa::kAmx}) {
+    if (std::strcmp(name, isa_name(each)) == 0) {
+      *isa = each;
+      return true;
+    }
+  }
+  return false;
 }
+
+Isa best_isa() { return best_isa_up_to(Isa::kAmx); }
 
 Isa active_isa() {
   int v = g_isa.load(std::memory_order_relaxed);
@@ -266,11 +269,11 @@ bool bsmm_dense_sparse(const DenseSparseProblem& p, ParallelFor parallel_for) {
   const int64_t budget = std::min<int64_t>(PANEL_BUDGET, p.w.rows * p.w.cols / 2);
   std::vector<int64_t> offset(p.nnz);
   std::vector<int64_t> group_end;  // block row ending each group
+  auto panel_floats = [&](int64_t j) { return index::block_extent(p.idx[j], p.block_in, p.w.cols) * p.block_out; };
   int64_t largest = 0, total = 0;
   for (int64_t br = 0; br < nb_out; ++br) {
     int64_t row_floats = 0;
-    for (int64_t j = p.ptr[br]; j < p.ptr[br + 1]; ++j)
-      row_floats += index::block_extent(p.idx[j], p.block_in, p.w.cols) * p.block_out;
+    for (int64_t j = p.ptr[br]; j < p.ptr[br + 1]; ++j) row_floats += panel_floats(j);
     if (total > 0 && total + row_floats > budget) {
       group_end.push_back(br);
       largest = std::max(largest, total);
@@ -278,7 +281,7 @@ bool bsmm_dense_sparse(const DenseSparseProblem& p, ParallelFor parallel_for) {
     }
     for (int64_t j = p.ptr[br]; j < p.ptr[br + 1]; ++j) {
       offset[j] = total;
-      total += index::block_extent(p.idx[j], p.block_in, p.w.cols) * p.block_out;
+      total += panel_floats(j);
     }
   }
   group_end.push_back(nb_out);
@@ -369,35 +372,38 @@ void zero_inactive(void* raw, int64_t br0, int64_t br1) {
 bool bsmm_sampled(const SampledProblem& p, ParallelFor parallel_for) {
   if (p.dy_bf16 != nullptr && !sampled_takes_bf16()) return false;  // the binding asks first
   const int64_t nb_rows = index::num_blocks(p.n, p.block_out), nb_cols = index::num_blocks(p.k, p.block_in);
-  std::vector<uint8_t> active(static_cast<size_t>(nb_rows * nb_cols), 0);
-  for (int64_t j = 0; j < p.nnz; ++j) active[p.block_row[j] * nb_cols + p.col_idx[j]] = 1;
-  ZeroFill z{&p, active.data(), nb_cols};
-  if (nb_rows > 0) parallel_for(nb_rows, zero_inactive, &z);
-  if (p.nnz == 0) return true;
-  thread_local KeptScratch kept_panels;  // the packed operands
-  if (p.dy_bf16 != nullptr) {  // bf16 operands as they are: the AMX kernels, all of M at once
-    float* packed = kept_panels.at_least((amx::sampled_scratch_elems(p) + 1) / 2);
-    return packed != nullptr && amx::sampled(p, parallel_for, reinterpret_cast<uint16_t*>(packed));
-  }
-  // Column panels of dy and x for a chunk of rows of M: about PACKED_CHUNK floats, so they stay
-  // in the last-level cache; fp32 dw takes the chunks' sums in place. A bf16 dw would need an
-  // fp32 accumulator the size of the active blocks instead, so it takes all of M at once.
-  const int64_t width = nb_rows * p.block_out + nb_cols * p.block_in;
+  // Scratch for the packed operands first, so that running out of memory leaves dw unwritten.
+  // bf16 operands as they are (AMX): all of M at once. fp32: column panels of dy and x for a
+  // chunk of rows of M, about PACKED_CHUNK floats, so they stay in the last-level cache; fp32
+  // dw takes the chunks' sums in place. A bf16 dw would need an fp32 accumulator the size of
+  // the active blocks instead, so it takes all of M at once.
+  const bool on_amx = p.dy_bf16 != nullptr;
   int64_t chunk_rows = p.m;
-  if (p.dw_dtype == DType::kFloat32) {
+  if (!on_amx && p.dw_dtype == DType::kFloat32) {
+    const int64_t width = nb_rows * p.block_out + nb_cols * p.block_in;
     chunk_rows = std::max<int64_t>(128, PACKED_CHUNK / width / 128 * 128);
     chunk_rows = std::min(chunk_rows, std::max<int64_t>(p.m, 1));
   }
   const int64_t rows = std::max<int64_t>(chunk_rows, 1);
   const int64_t dy_floats = rows * nb_rows * p.block_out, x_floats = rows * nb_cols * p.block_in;
-  float* dy_panels = kept_panels.at_least(dy_floats + x_floats);
-  if (dy_panels == nullptr) return false;
-  float* x_panels = dy_panels + dy_floats;
+  thread_local KeptScratch kept_panels;
+  float* const packed = p.nnz == 0 ? nullptr
+                        : kept_panels.at_least(on_amx ? index::ceil_div(amx::sampled_scratch_elems(p), 2)
+                                                      : dy_floats + x_floats);
+  if (p.nnz > 0 && packed == nullptr) return false;
+
+  std::vector<uint8_t> active(static_cast<size_t>(nb_rows * nb_cols), 0);
+  for (int64_t j = 0; j < p.nnz; ++j) active[p.block_row[j] * nb_cols + p.col_idx[j]] = 1;
+  ZeroFill z{&p, active.data(), nb_cols};
+  if (nb_rows > 0) parallel_for(nb_rows, zero_inactive, &z);
+  if (p.nnz == 0) return true;
+  if (on_amx) return amx::sampled(p, parallel_for, reinterpret_cast<uint16_t*>(packed));
+  float* const x_panels = packed + dy_floats;
   switch (active_isa()) {
     case Isa::kAmx:
-    case Isa::kAvx512: return avx512::sampled(p, parallel_for, dy_panels, x_panels, rows);
-    case Isa::kAvx2: return avx2::sampled(p, parallel_for, dy_panels, x_panels, rows);
-    default: return portable::sampled(p, parallel_for, dy_panels, x_panels, rows);
+    case Isa::kAvx512: return avx512::sampled(p, parallel_for, packed, x_panels, rows);
+    case Isa::kAvx2: return avx2::sampled(p, parallel_for, packed, x_panels, rows);
+    default: return portable::sampled(p, parallel_for, packed, x_panels, rows);
   }
 }
 

@@ -91,6 +91,7 @@ Isa best_isa();                  // the best this CPU supports
 Isa active_isa();                // the one the kernels use now
 bool set_active_isa(Isa isa);    // false (and no change) when this CPU lacks it
 const char* isa_name(Isa isa);
+bool isa_from_name(const char* name, Isa* isa);  // false (and no change) for an unknown name
 
 }  // namespace cpu
 }  // namespace sparsekern

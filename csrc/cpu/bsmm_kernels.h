@@ -14,6 +14,9 @@
 #if defined(SK_KERNELS_AVX512) || defined(SK_KERNELS_AVX2)
 #include <immintrin.h>
 #endif
+#if defined(SK_KERNELS_AVX512)
+#include "transpose_avx512.h"
+#endif
 
 namespace sparsekern {
 namespace cpu {
@@ -51,40 +54,8 @@ inline Vec vadd(Vec a, Vec b) { return {_mm512_add_ps(a.v, b.v)}; }
 inline void vstore(float* p, Vec a) { _mm512_storeu_ps(p, a.v); }
 inline void vstream(float* p, Vec a) { _mm512_stream_ps(p, a.v); }  // p on a 64-byte boundary
 inline void stream_fence() { _mm_sfence(); }
-// dst[c * ldd + r] = src[r * lds + c] for r, c < VL: unpack pairs of rows, then pairs of
-// pairs, then exchange 128-bit lanes twice. (GCC 12 warns inside its own intrinsics here,
-// about the undefined vector they start from.)
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#endif
-inline void transpose_tile(const float* src, int64_t lds, float* dst, int64_t ldd) {
-  __m512 r[16], t[16];
-  for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(src + i * lds);
-  for (int i = 0; i < 16; i += 2) {
-    t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
-    t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
-  }
-  for (int i = 0; i < 16; i += 4) {
-    r[i] = _mm512_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(1, 0, 1, 0));
-    r[i + 1] = _mm512_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(3, 2, 3, 2));
-    r[i + 2] = _mm512_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(1, 0, 1, 0));
-    r[i + 3] = _mm512_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(3, 2, 3, 2));
-  }
-  for (int h = 0; h < 16; h += 8)
-    for (int i = 0; i < 4; ++i) {
-      t[h + i] = _mm512_shuffle_f32x4(r[h + i], r[h + i + 4], 0x88);
-      t[h + i + 4] = _mm512_shuffle_f32x4(r[h + i], r[h + i + 4], 0xdd);
-    }
-  for (int i = 0; i < 8; ++i) {
-    _mm512_storeu_ps(dst + i * ldd, _mm512_shuffle_f32x4(t[i], t[i + 8], 0x88));
-    _mm512_storeu_ps(dst + (i + 8) * ldd, _mm512_shuffle_f32x4(t[i], t[i + 8], 0xdd));
-  }
-}
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic pop
-#endif
+// dst[c * ldd + r] = src[r * lds + c] for r, c < VL.
+inline void transpose_tile(const float* src, int64_t lds, float* dst, int64_t ldd) { transpose16(src, lds, dst, ldd); }
 #elif defined(SK_KERNELS_AVX2)
 constexpr int VL = 8, MAX_NV = 2, FWD_MAX_NV = 2, FWD_ACC = 12, FWD_MR1 = 12, GW_ACC = 8;
 struct Vec { __m256 v; };
@@ -185,7 +156,7 @@ struct DenseSparseContext {
   const int64_t* offset;
   float* panels;
   int nv;
-  int64_t br0, n_rows, tile_m, n_tiles_m;  // block rows [br0, br0 + n_rows)
+  int64_t br0, n_rows, tile_m;  // block rows [br0, br0 + n_rows), rows of a per tile
   int64_t j0;                              // first block of those rows
   int failed;  // set when a thread could not allocate its scratch
   bool stream;  // store y past the caches (see dense_sparse)
@@ -558,8 +529,8 @@ void sampled_blocks(void* raw, int64_t j0, int64_t j1) {
 // --------------------------------------------------------------- entry points
 bool dense_sparse(const DenseSparseProblem& p, ParallelFor parallel_for, const int32_t* outer,
                   const int64_t* panel_offset, float* panels, int64_t br0, int64_t br1) {
-  DenseSparseContext c{&p,  outer, panel_offset, panels, vectors_for(p.block_out, FWD_MAX_NV), br0, br1 - br0,
-                       0,   0,     0,            0,      false};
+  DenseSparseContext c{&p, outer, panel_offset, panels, vectors_for(p.block_out, FWD_MAX_NV), br0, br1 - br0,
+                       0,  0,     0,            false};
   // A large fp32 y is written with streaming stores: a y that cannot stay in cache would
   // otherwise be read from memory (to own each line) before being overwritten, doubling its
   // traffic. Only where every vector store covers whole aligned vectors.
@@ -570,14 +541,13 @@ bool dense_sparse(const DenseSparseProblem& p, ParallelFor parallel_for, const i
   if (n_blocks > 0) parallel_for(n_blocks, pack_weight_blocks, &c);
   if (p.m == 0 || c.n_rows == 0) return true;
   // A tile of rows of a fills about 1 MiB (L2-resident), in whole MR-row slivers.
-  const int mr = c.nv == 1 ? fwd_rows(1) : c.nv == 2 ? fwd_rows(2) : fwd_rows(FWD_MAX_NV);
+  const int mr = fwd_rows(c.nv);
   const int64_t n_in = p.w.cols > 0 ? p.w.cols : 1;
   int64_t slivers = (int64_t{1} << 20) / (n_in * 4 * mr);
   slivers = slivers < 1 ? 1 : slivers;
   const int64_t needed = index::ceil_div(p.m, mr);
   c.tile_m = min64(slivers, needed) * mr;
-  c.n_tiles_m = index::ceil_div(p.m, c.tile_m);
-  const int64_t tasks = c.n_tiles_m * c.n_rows;
+  const int64_t tasks = index::ceil_div(p.m, c.tile_m) * c.n_rows;
   switch (c.nv) {
     case 1: parallel_for(tasks, dense_sparse_tiles<1>, &c); break;
     case 2: parallel_for(tasks, dense_sparse_tiles<2>, &c); break;
