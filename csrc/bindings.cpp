@@ -86,6 +86,17 @@ void check_matrix(const Tensor& t, const char* name, const at::Device& device) {
   TORCH_CHECK(t.device() == device, name, " must be on ", device, ", got ", t.device());
 }
 
+// The projection's floor mask (forced): null, or weight-shaped contiguous bool on weight's device.
+const uint8_t* forced_mask(const std::optional<Tensor>& forced, const Tensor& weight) {
+  if (!forced.has_value()) return nullptr;
+  TORCH_CHECK_TYPE(forced->scalar_type() == at::kBool, "forced must be bool, got ", forced->scalar_type());
+  TORCH_CHECK_VALUE(forced->sizes() == weight.sizes() && forced->device() == weight.device() &&
+                        forced->is_contiguous(),
+                    "forced must be a contiguous bool tensor of weight's shape ", weight.sizes(), " on ",
+                    weight.device(), ", got ", forced->sizes(), " on ", forced->device());
+  return reinterpret_cast<const uint8_t*>(forced->data_ptr<bool>());
+}
+
 // The shape and dtype checks of the three products, the same for every device; `dev` is where
 // all of a call's tensors must be. Index *contents* are the device sections' business.
 void check_forward_args(const Tensor& x, const Tensor& weight, const std::optional<Tensor>& bias,
@@ -328,12 +339,7 @@ const uint8_t* check_topk_args(const Tensor& weight, const std::optional<Tensor>
   topk_dtype(weight);
   TORCH_CHECK_VALUE(weight.numel() > 0, "weight must not be empty");
   TORCH_CHECK_VALUE(weight.is_contiguous(), "weight must be contiguous");
-  if (!forced.has_value()) return nullptr;
-  TORCH_CHECK_TYPE(forced->scalar_type() == at::kBool, "forced must be bool, got ", forced->scalar_type());
-  TORCH_CHECK_VALUE(forced->sizes() == weight.sizes() && forced->device() == dev && forced->is_contiguous(),
-                    "forced must be a contiguous CPU tensor of weight's shape ", weight.sizes(), ", got ",
-                    forced->sizes());
-  return reinterpret_cast<const uint8_t*>(forced->data_ptr<bool>());
+  return forced_mask(forced, weight);
 }
 
 Tensor topk_select_cpu(const Tensor& weight, const std::optional<Tensor>& forced, int64_t k) {
@@ -497,16 +503,17 @@ Tensor bsmm_grad_weight_cuda(const Tensor& grad_out, const Tensor& x, const Tens
   const c10::cuda::CUDAGuard guard(dev);
   const int64_t m = x.size(0), n = grad_out.size(1), k = x.size(1), nnz = col_idx.numel();
   Tensor dw = output(out, {n, k}, x);
-  dw.zero_();  // exact zeros off the layout; the kernel writes the active blocks
-  if (nnz == 0 || m == 0 || n == 0 || k == 0) return dw;
+  if (nnz == 0 || m == 0 || n == 0 || k == 0) return dw.zero_();
   int num_sms = 0;
   check_launch(cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, dev.index()),
                "querying the multiprocessor count");
   const int splits = sk_cuda::bsmm_dw_splits(nnz, m, static_cast<int>(block_out), static_cast<int>(block_in), num_sms);
   // Few blocks: the batch is split over several CTAs per block, whose partial sums are added
   // atomically, in fp32.
+  // Exact zeros off the layout (the kernel writes the active blocks): in dw, or in the fp32
+  // scratch that is then copied over all of dw.
   Tensor target = (splits > 1 && x.scalar_type() != at::kFloat) ? at::zeros({n, k}, x.options().dtype(at::kFloat))
-                                                                 : dw;
+                                                                 : dw.zero_();
   sk_cuda::DwArgs args{};
   args.g = grad_out.data_ptr();
   args.x = x.data_ptr();
@@ -568,13 +575,7 @@ const uint8_t* check_topk_cuda_args(const Tensor& weight, const std::optional<Te
                     "weight must not have overlapping entries (e.g. an expanded view)");
   TORCH_CHECK_VALUE(sk_cuda::topk_ctas(weight.size(0), weight.size(1)) <= 0x7fffffff,
                     "weight has too many rows for the cuda projection's grid: ", weight.size(0));
-  if (!forced.has_value()) return nullptr;
-  TORCH_CHECK_TYPE(forced->scalar_type() == at::kBool, "forced must be bool, got ", forced->scalar_type());
-  TORCH_CHECK_VALUE(forced->sizes() == weight.sizes() && forced->device() == weight.device() &&
-                        forced->is_contiguous(),
-                    "forced must be a contiguous bool tensor of weight's shape ", weight.sizes(), " on ",
-                    weight.device(), ", got ", forced->sizes(), " on ", forced->device());
-  return reinterpret_cast<const uint8_t*>(forced->data_ptr<bool>());
+  return forced_mask(forced, weight);
 }
 
 void check_plan_tensor(const Tensor& t, const char* name, int64_t numel, const Tensor& weight) {

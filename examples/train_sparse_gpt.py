@@ -350,16 +350,14 @@ def neuron_floor(cfg: Config) -> int:
 
 
 def check_floor_fits(model: nn.Module, cfg: Config) -> None:
-    """Fail before training, not half-way, when the floors need more than the final count."""
-    floor = neuron_floor(cfg)
+    """Fail before training, not half-way, when the floors need more than the final count:
+    every layer plans its final projection (which checks the floors and writes nothing)."""
     for name, m in sparse_layers(model).items():
-        grid = m.layout.to_block_mask().shape
-        rows, n = (grid[0], grid.numel()) if cfg.granularity == "block" else (m.out_features, m.weight.numel())
-        k = sparsekern.count_for_density(cfg.density, n)
-        if floor * rows > k:
-            unit = "blocks" if cfg.granularity == "block" else "entries"
-            raise ValueError(f"--min-per-neuron {cfg.min_per_neuron} needs {floor * rows} {unit} in {name} "
-                             f"but --density {cfg.density} keeps {k}: lower it or raise the density")
+        try:
+            m.plan_projection(cfg.density, granularity=cfg.granularity, min_per_row=neuron_floor(cfg))
+        except ValueError as error:
+            raise ValueError(f"--min-per-neuron {cfg.min_per_neuron} does not fit {name} at --density "
+                             f"{cfg.density} ({error}): lower it or raise the density") from error
 
 
 class Trainer:
@@ -382,7 +380,7 @@ class Trainer:
             schedule = sparsekern.DensitySchedule(cfg.density, cfg.steps, anneal_start=cfg.anneal_start,
                                                   anneal_end=cfg.anneal_end)
             self.projector = sparsekern.Projector(model, schedule, granularity=cfg.granularity,
-                                                  min_per_neuron=neuron_floor(cfg), optimizer=self.optimizer)
+                                                  min_per_neuron=neuron_floor(cfg))
         self.steps_done = 0
         self.elapsed = 0.0
         self.losses = []
@@ -525,8 +523,9 @@ def layer_report(model: nn.Module, cfg: Config) -> dict:
     report = {}
     for name, m in sparse_layers(model).items():
         numel = m.weight.numel()
+        grid_rows, grid_cols = m.layout.grid
         entry = {"shape": list(m.weight.shape), "nnz": int(torch.count_nonzero(m.weight)),
-                 "active_blocks": m.layout.nnz_blocks, "blocks": m.layout.to_block_mask().numel()}
+                 "active_blocks": m.layout.nnz_blocks, "blocks": grid_rows * grid_cols}
         if cfg.granularity == "element":
             entry["target_nnz"] = sparsekern.count_for_density(cfg.density, numel)
         else:

@@ -17,10 +17,6 @@ def new_output(shape, dtype, device) -> torch.Tensor:
     return torch.empty(shape, dtype=dtype, device=device)
 
 
-def poisoning() -> bool:
-    return _POISON
-
-
 def poisoned_output_or_none(shape, like: torch.Tensor):
     """For kernels that allocate their own output: a NaN-filled ``out`` under the poison
     switch, else None (the kernel allocates)."""

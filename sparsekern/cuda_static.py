@@ -13,6 +13,7 @@ directory, keyed by the sources, the compiler version and the flags. Nothing hap
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import shutil
 import subprocess
@@ -76,14 +77,30 @@ def compile_source(source: str, arch: int) -> tuple[str, str]:
     sm = ARCHS[arch]
     ptx, report = cache / f"{source}.{sm}.ptx", cache / f"{source}.{sm}.ptxas"
     if not report.is_file():
-        tmp_ptx = ptx.with_suffix(".ptx.tmp")
-        subprocess.run([nvcc(), *NVCC_FLAGS, f"-arch={sm.replace('sm_', 'compute_')}", "-ptx",
-                        str(CUDA_DIR / source), "-o", str(tmp_ptx)], check=True, capture_output=True, text=True)
-        done = subprocess.run([_ptxas(), f"-arch={sm}", "-v", str(tmp_ptx), "-o", "/dev/null"],
-                              check=True, capture_output=True, text=True)
-        tmp_ptx.replace(ptx)
-        report.write_text(done.stdout + done.stderr)
+        # Written under names of this process's own and renamed into place: concurrent test
+        # runs share the cache and must never see a half-written file.
+        fd, tmp_name = tempfile.mkstemp(dir=cache, suffix=".ptx")
+        os.close(fd)
+        tmp_ptx = Path(tmp_name)
+        try:
+            _run([nvcc(), *NVCC_FLAGS, f"-arch={sm.replace('sm_', 'compute_')}", "-ptx",
+                  str(CUDA_DIR / source), "-o", str(tmp_ptx)])
+            done = _run([_ptxas(), f"-arch={sm}", "-v", str(tmp_ptx), "-o", "/dev/null"])
+            tmp_report = tmp_ptx.with_suffix(".ptxas")
+            tmp_report.write_text(done.stdout + done.stderr)
+            tmp_ptx.replace(ptx)
+            tmp_report.replace(report)
+        finally:
+            tmp_ptx.unlink(missing_ok=True)
     return ptx.read_text(), report.read_text()
+
+
+def _run(command: list[str]) -> subprocess.CompletedProcess:
+    """Run a compiler; on failure raise with its own error messages."""
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{Path(command[0]).name} failed ({done.returncode}):\n{done.stderr or done.stdout}")
+    return done
 
 
 def parse_ptxas(report: str) -> list[dict]:

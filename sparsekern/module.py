@@ -82,14 +82,15 @@ class SparseLinear(nn.Module):
                         min_per_row: int = 0, backend: str | None = None):
         """The first half of ``project_``: checks and plans, writes nothing (a bad argument
         raises here with the weight untouched). ``apply_projection`` carries it out."""
+        granularity = granularity or self.granularity
         return prepare_projection(
-            self.weight, self._projection_k(density, granularity), granularity=granularity or self.granularity,
+            self.weight, self._projection_k(density, granularity), granularity=granularity,
             block_size=self.block_size, min_per_row=min_per_row, backend=backend,
         )
 
-    def _projection_k(self, density, granularity) -> int:
+    def _projection_k(self, density, granularity: str) -> int:
         density = self.density if density is None else check_density(density)
-        if (granularity or self.granularity) == "block":
+        if granularity == "block":
             n_rows, n_cols = block_grid((self.out_features, self.in_features), self.block_size)
             return count_for_density(density, n_rows * n_cols)
         return count_for_density(density, self.out_features * self.in_features)

@@ -273,7 +273,7 @@ def test_cpu_entry_points_check_their_arguments():
         ext.topk_select_cpu(w.t(), None, 5)
     with pytest.raises(TypeError, match="weight must be float32, float16 or bfloat16"):
         ext.topk_select_cpu(w.double(), None, 5)
-    with pytest.raises(ValueError, match="forced must be a contiguous CPU tensor of weight's shape"):
+    with pytest.raises(ValueError, match="forced must be a contiguous bool tensor of weight's shape"):
         ext.topk_select_cpu(w, torch.zeros(8, 11, dtype=torch.bool), 5)
     with pytest.raises(TypeError, match="forced must be bool"):
         ext.topk_select_cpu(w, torch.zeros(8, 12), 5)

@@ -9,6 +9,7 @@ from torch import nn
 import sparsekern
 from sparsekern import DensitySchedule, Projector, SparseLinear, count_for_density, sparsify
 
+from conftest import assert_close_to_reference
 from projection_cases import bits
 
 
@@ -250,10 +251,10 @@ def test_dense_grad_is_the_full_product(backend, generator):
                                        dense_weight_grad=True)
     y.backward(dy)
     expected = (dy.double().t() @ x.detach().double())
-    torch.testing.assert_close(layer.weight.grad.double(), expected, rtol=2e-6, atol=2e-5)
+    assert_close_to_reference(layer.weight.grad, expected, name="dW")
     pruned = ~layer.layout.to_mask()
     assert pruned.any() and (layer.weight.grad[pruned] != 0).all()  # gradient reaches pruned weights
     # The module flag gives the same gradient.
     layer.weight.grad = None
     layer(x.detach()).backward(dy)
-    torch.testing.assert_close(layer.weight.grad.double(), expected, rtol=2e-6, atol=2e-5)
+    assert_close_to_reference(layer.weight.grad, expected, name="dW")

@@ -20,7 +20,6 @@ from .base import Backend
 _KERNELS = ("bsmm_forward_cpu", "bsmm_grad_input_cpu", "bsmm_grad_weight_cpu")
 
 
-
 def cpu_isa() -> str:
     """The instruction set the CPU kernels use now: 'portable', 'avx2', 'avx512' or 'amx'."""
     return _module().cpu_isa()

@@ -17,7 +17,6 @@ from .base import Backend
 _KERNELS = ("bsmm_forward_cuda", "bsmm_grad_input_cuda", "bsmm_grad_weight_cuda")
 
 
-
 def _runs_on(arch: str, major: int, minor: int) -> bool:
     """A cubin for "8.0" runs on 8.x with x >= 0; an arch-specific one ("9.0a") on 9.0 only;
     "8.0+PTX" also carries PTX, which the driver compiles for any later GPU."""

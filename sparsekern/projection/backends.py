@@ -130,12 +130,12 @@ class TritonProjection(ProjectionBackend):
     def plan(self, weight, k, forced):
         from .topk_triton import topk_select
 
-        return weight, forced, topk_select(weight, k, forced)
+        return forced, topk_select(weight, k, forced)
 
     def apply(self, weight, plan, block_size):
         from .topk_triton import topk_apply
 
-        _, forced, state = plan
+        forced, state = plan
         cutoff_key, nnz, counts = topk_apply(weight, forced, state, block_size)
         return key_to_magnitude(cutoff_key, weight.dtype), nnz, counts
 

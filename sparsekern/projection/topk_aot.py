@@ -33,10 +33,12 @@ def _kernels():
 
 
 def compile_kernel(name: str, arch: int, dtype: torch.dtype, has_forced: bool) -> dict:
+    from .topk_triton import _KEY_BITS, MAX_BLOCK_C  # the launcher's constants, so the check matches it
+
     fn, extra = _kernels()[name]
     constexprs = dict(extra)
     if "HAS_FORCED" in fn.arg_names:
-        constexprs.update(HAS_FORCED=has_forced, KEY_BITS=32 if dtype == torch.float32 else 16, BLOCK_C=1024)
+        constexprs.update(HAS_FORCED=has_forced, KEY_BITS=_KEY_BITS[dtype], BLOCK_C=MAX_BLOCK_C)
     _, registers, spills = compile_for_gpu(
         fn, arch, constexprs, lambda arg: _POINTERS.get(arg, f"*{TRITON_DTYPES[dtype]}"),
         unit_strides=("stride_c",), sizes_divisible=False, options={"num_warps": 4},

@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -138,10 +137,10 @@ def _ptxas_usage(ptx: str, arch: int) -> tuple[int, int]:
             f.write(ptx)
         out = subprocess.run([_ptxas(), f"-arch={sm}", "-v", path, "-o", os.path.join(tmp, "k.cubin")],
                              capture_output=True, text=True, check=True)
-    text = out.stdout + out.stderr
-    registers = int(re.search(r"Used (\d+) registers", text).group(1))
-    spill = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", text)
-    return registers, int(spill.group(1)) + int(spill.group(2))
+    from ..cuda_static import parse_ptxas
+
+    (entry,) = parse_ptxas(out.stdout + out.stderr)  # one kernel per PTX
+    return entry["registers"], entry["spill_stores"] + entry["spill_loads"]
 
 
 def default_cases():
