@@ -39,7 +39,7 @@ if not _flag("SPARSEKERN_SKIP_EXTENSION"):
     # The torch version as bare tokens (bindings.cpp stringifies them): no shell quoting.
     # C++20 explicitly: the kernels use it, and older torch releases default to C++17.
     cxx_flags = ["-O3", "-std=c++20", f"-DSPARSEKERN_TORCH_VERSION={torch.__version__}"]
-    nvcc_flags: list[str] = ["-std=c++20"]
+    nvcc_flags: list[str] = []  # set only when the CUDA kernels are built
     link_flags: list[str] = []
 
     # -------------------------------------------------------------- CPU kernels
@@ -89,7 +89,7 @@ if not _flag("SPARSEKERN_SKIP_EXTENSION"):
         # The arch list as bare tokens for built_with ("8.0/9.0a"): no ';' or space on a command line.
         archs = "/".join(os.environ["TORCH_CUDA_ARCH_LIST"].replace(";", " ").split())
         cxx_flags += ["-DSPARSEKERN_WITH_CUDA", f"-DSPARSEKERN_CUDA_ARCHS={archs}"]
-        nvcc_flags += ["-O3"]
+        nvcc_flags += ["-O3", "-std=c++20"]
 
     # ------------------------------------------------------------ the extension
     extra_compile_args = {"cxx": cxx_flags}

@@ -52,11 +52,6 @@ TARGETS = [
     Case("backward", TARGET_SHAPE, (32, 32), 1 / 16, "bf16"),
 ] if DEVICE.type == "cpu" else []
 
-PEERS = {"dense": impls.Dense, "torch-bsr": impls.TorchBsr, "torch-csr": impls.TorchCsr}
-
-
-def _impl(name: str):
-    return PEERS[name]() if name in PEERS else impls.Sparsekern(name)
 
 
 @pytest.mark.skipif(not BACKENDS, reason=f"no sparsekern backend can time {DEVICE.type} tensors here")
@@ -72,6 +67,6 @@ def test_linear(benchmark, device, case, backend):
 @pytest.mark.parametrize("impl_name", ["dense", *BACKENDS, "torch-bsr", "torch-csr"])
 @pytest.mark.parametrize("case", TARGETS or [None], ids=lambda c: "target-" + case_id(c) if c else "none")
 def test_target(benchmark, device, case, impl_name):
-    impl = _impl(impl_name)
+    impl = impls.by_name(impl_name)
     fn, problem = prepare(case, impl, device)
     run(benchmark, case, impl_name, fn, problem, device, rounds=7)

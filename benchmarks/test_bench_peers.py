@@ -13,12 +13,11 @@ from sparsekern.bench import impls
 from sparsekern.bench.suite import case_id, headline_cases, prepare, run
 
 CASES = headline_cases()
-PEERS = {"dense": impls.Dense, "torch-bsr": impls.TorchBsr, "torch-csr": impls.TorchCsr}
 
 
-@pytest.mark.parametrize("impl_name", list(PEERS))
+@pytest.mark.parametrize("impl_name", list(impls.BASELINES))
 @pytest.mark.parametrize("case", CASES, ids=case_id)
 def test_peer(benchmark, device, case, impl_name):
-    impl = PEERS[impl_name]()
+    impl = impls.by_name(impl_name)
     fn, problem = prepare(case, impl, device)
     run(benchmark, case, impl_name, fn, problem, device)

@@ -88,7 +88,7 @@ def useful_flops(pass_: str, m: int, nnz_elements: int) -> int:
 
 # ------------------------------------------------------------------ the sweeps
 def headline(device: torch.device) -> Sweep:
-    """The default sweep: about two minutes on a 2-core CPU, seconds on a GPU."""
+    """The default sweep: about a minute on a 2-core CPU, seconds on a GPU."""
     if device.type == "cuda":
         return Sweep(shapes=[Shape(8192, 4096, 4096)], densities=[0.05, 0.1, 0.25, 0.5],
                      blocks=[(32, 32), (64, 64), (128, 128)], dtypes=["bf16", "fp16"],

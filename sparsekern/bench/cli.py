@@ -13,11 +13,9 @@ import os
 import sys
 
 from .cases import DTYPES, PASSES, BenchInputError
+from .impls import PEERS
 
 PROG = "sparsekern-bench"
-PEER_CHOICES = ("bsr", "csr")
-
-
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, status 2, no usage dump
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
@@ -140,7 +138,7 @@ def parse_peers(text: str) -> list[str]:
 
     if text.strip() == "none":
         return []
-    return list(dict.fromkeys(parse_choices(text, "peer", PEER_CHOICES)))
+    return list(dict.fromkeys(parse_choices(text, "peer", PEERS)))
 
 
 def run_static(args) -> int:
@@ -194,13 +192,6 @@ def _main(args) -> int:
             old = report.load(args.compare)
         except (OSError, ValueError) as err:
             raise BenchInputError(f"--compare: cannot read {args.compare}: {err}") from None
-    if "projection" in sweep.passes and not projection.available():
-        print("projection: sparsekern.topk_project_ is not available yet; skipping the projection pass",
-              file=sys.stderr)
-        sweep.passes = [p for p in sweep.passes if p != "projection"]
-        if not sweep.passes:
-            return 0
-
     named = None if args.backends is None else backends
     projection_backends = (projection.backend_names(named, device, [DTYPES[d] for d in sweep.dtypes])
                            if "projection" in sweep.passes else [])

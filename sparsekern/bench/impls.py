@@ -179,10 +179,20 @@ class TorchCsr(Impl):
         return grad.to_dense()
 
 
+# torch's own paths by the name they are reported under (the peers as --peers spells them:
+# "torch-" + one of PEERS).
+BASELINES = {"dense": Dense, "torch-bsr": TorchBsr, "torch-csr": TorchCsr}
+
+
+def by_name(name: str) -> Impl:
+    """dense, torch-bsr, torch-csr, or a sparsekern backend."""
+    return BASELINES[name]() if name in BASELINES else Sparsekern(name)
+
+
 def implementations(backends: list[str], peers: list[str]) -> list[Impl]:
     """Dense first (the baseline), then sparsekern's backends, then torch's sparse paths."""
     impls: list[Impl] = [Dense()] + [Sparsekern(b) for b in backends]
-    impls += [{"bsr": TorchBsr, "csr": TorchCsr}[p]() for p in peers]
+    impls += [BASELINES[f"torch-{p}"]() for p in peers]
     return impls
 
 

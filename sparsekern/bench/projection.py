@@ -11,18 +11,12 @@ from __future__ import annotations
 
 import torch
 
-from ..layout import count_for_density
+from ..layout import block_grid, count_for_density, expand_block_mask
 from ..module import block_norms, top_blocks
 from .cases import DTYPES, Case
 from .impls import NotAvailable
 
 ELEMENT = (1, 1)  # the block of a case that stands for element granularity
-
-
-def available() -> bool:
-    import sparsekern
-
-    return hasattr(sparsekern, "topk_project_")
 
 
 def granularity(case: Case) -> str:
@@ -34,8 +28,8 @@ def keep_count(case: Case) -> int:
     n, k = case.shape.n, case.shape.k
     if case.block == ELEMENT:
         return count_for_density(case.density, n * k)
-    bo, bi = case.block
-    return count_for_density(case.density, -(-n // bo) * -(-k // bi))
+    rows, cols = block_grid((n, k), case.block)
+    return count_for_density(case.density, rows * cols)
 
 
 def torch_topk_(weight: torch.Tensor, k: int, gran: str, block) -> torch.Tensor:
@@ -46,10 +40,8 @@ def torch_topk_(weight: torch.Tensor, k: int, gran: str, block) -> torch.Tensor:
         keep[torch.topk(flat.abs(), k, sorted=False).indices] = True
         flat.masked_fill_(~keep, 0)
         return weight
-    bo, bi = block
     blocks = top_blocks(block_norms(weight, block), k)
-    mask = blocks.repeat_interleave(bo, 0).repeat_interleave(bi, 1)[: weight.shape[0], : weight.shape[1]]
-    return weight.masked_fill_(~mask, 0)
+    return weight.masked_fill_(~expand_block_mask(blocks, block, weight.shape), 0)
 
 
 def callables(case: Case, device: torch.device, backends: list[str], seed: int):
@@ -95,10 +87,8 @@ def callables(case: Case, device: torch.device, backends: list[str], seed: int):
 
 def backend_names(named, device: torch.device, dtypes) -> list[str]:
     """Projection backends to time: those in ``named`` it knows, or every automatic one that can run."""
-    try:
-        from ..projection.backends import REGISTRY
-    except ImportError:  # an older sparsekern: only topk_project_ itself
-        return list(named or ["reference"])
+    from ..projection.backends import REGISTRY
+
     if named is not None:
         return [n for n in named if n in REGISTRY.names()]
     return [n for n in REGISTRY.names() if REGISTRY.get(n).automatic(device)

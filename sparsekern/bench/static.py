@@ -7,14 +7,13 @@ reason it has nothing to report:
 * Triton: ``sparsekern.triton.aot`` (the matmul kernels) and ``sparsekern.projection.topk_aot``
   (the top-k kernels), each in a subprocess without ``TRITON_INTERPRET``;
 * CUDA C++: ``sparsekern.cuda_static.static_report()`` (ptxas figures of the ``.cu``
-  kernels), once that module exists.
+  kernels; it raises ``Unavailable`` without nvcc or the sources).
 
 A new source of kernels adds a function to ``PROVIDERS``.
 """
 
 from __future__ import annotations
 
-import importlib
 import importlib.util
 
 
@@ -34,8 +33,6 @@ def topk_rows() -> list[dict]:
     """The projection's Triton top-k kernels (no matmul: no tensor cores, no block size)."""
     if importlib.util.find_spec("triton") is None:
         raise Unavailable("Triton top-k kernels: the triton package is not installed")
-    if importlib.util.find_spec("sparsekern.projection.topk_aot") is None:
-        raise Unavailable("Triton top-k kernels: not in this build")
     from ..projection.topk_aot import report_in_subprocess
 
     rows = []
@@ -47,10 +44,9 @@ def topk_rows() -> list[dict]:
 
 
 def cuda_rows() -> list[dict]:
-    if importlib.util.find_spec("sparsekern.cuda_static") is None:
-        raise Unavailable("CUDA C++ kernels: not built")
-    module = importlib.import_module("sparsekern.cuda_static")
-    return [{"source": "cuda", **row} for row in module.static_report()]
+    from ..cuda_static import static_report
+
+    return [{"source": "cuda", **row} for row in static_report()]
 
 
 PROVIDERS = {"triton": triton_rows, "triton-topk": topk_rows, "cuda": cuda_rows}
