@@ -1,5 +1,5 @@
 // Launcher of the sampled weight-gradient kernel.
-#include "plan.cuh"
+#include "stream_launch.cuh"
 
 namespace sparsekern {
 namespace cuda {
@@ -16,18 +16,7 @@ int bsmm_dw_splits(int64_t nnz, int64_t M, int block_out, int block_in, int num_
   return splits < 1 ? 1 : static_cast<int>(splits);
 }
 
-cudaError_t bsmm_dw(const DwArgs& a, cudaStream_t stream) {
-  if (const cudaError_t err = dw_check(a); err != cudaSuccess) return err;
-  if (dw_empty(a)) return cudaSuccess;
-  return dispatch_dw(a, [&]<Mode MODE, int TS>() {
-    using Tile = TileMma<MODE, TS, TS, false, false>;
-    const auto p = dw_params<typename Tile::T>(a);
-    const Grid grid = dw_grid<TS>(a);
-    bsmm_dw_kernel<MODE, TS>
-        <<<dim3(static_cast<unsigned>(grid.x), static_cast<unsigned>(grid.y)), Tile::THREADS, 0, stream>>>(p);
-    return cudaGetLastError();
-  });
-}
+cudaError_t bsmm_dw(const DwArgs& a, cudaStream_t stream) { return launch_dw(a, StreamLaunch{stream}); }
 
 }  // namespace cuda
 }  // namespace sparsekern

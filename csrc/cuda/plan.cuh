@@ -200,5 +200,30 @@ cudaError_t dispatch_dw(const DwArgs& a, Run&& run) {
   }
 }
 
+// ------------------------------------------------------------------ launch sequences
+// What a launcher does, with the launch itself left to `launch(kernel, grid, threads, params)`:
+// a CUDA launch on a stream in bsmm_fwd.cu / bsmm_dw.cu, an emulated one in tests/cuda_host/.
+
+template <typename Launch>
+cudaError_t launch_fwd(const FwdArgs& a, Launch&& launch) {
+  if (const cudaError_t err = fwd_check(a); err != cudaSuccess) return err;
+  if (fwd_empty(a)) return cudaSuccess;
+  return dispatch_fwd(a, [&]<Mode MODE, int TN, bool B_KCONTIG>() {
+    using Tile = TileMma<MODE, kFwdTileM, TN, true, B_KCONTIG>;
+    return launch(bsmm_fwd_kernel<MODE, TN, B_KCONTIG>, fwd_grid<TN>(a), Tile::THREADS,
+                  fwd_params<typename Tile::T, B_KCONTIG>(a));
+  });
+}
+
+template <typename Launch>
+cudaError_t launch_dw(const DwArgs& a, Launch&& launch) {
+  if (const cudaError_t err = dw_check(a); err != cudaSuccess) return err;
+  if (dw_empty(a)) return cudaSuccess;
+  return dispatch_dw(a, [&]<Mode MODE, int TS>() {
+    using Tile = TileMma<MODE, TS, TS, false, false>;
+    return launch(bsmm_dw_kernel<MODE, TS>, dw_grid<TS>(a), Tile::THREADS, dw_params<typename Tile::T>(a));
+  });
+}
+
 }  // namespace cuda
 }  // namespace sparsekern

@@ -113,6 +113,13 @@ Mat<T> random_mat(int64_t rows, int64_t cols, Storage s, std::mt19937& rng) {
   return m;
 }
 
+// The launch step of plan.cuh's sequences (launch_fwd, launch_dw), emulated: the kernels
+// run as host functions over the grid.
+auto emulated_launch = [](auto kernel, Grid grid, int threads, const auto& params) {
+  emu::launch(grid.x, grid.y, threads, [&] { kernel(params); });
+  return cudaSuccess;
+};
+
 double tolerance(DType dtype, bool tf32) {
   switch (dtype) {
     case DType::kBFloat16:
@@ -212,14 +219,7 @@ void run_dense_sparse(bool grad_input, DType dtype, bool tf32, int64_t M, int64_
     args.block_k = bo;
     args.block_n = bi;
   }
-  if (fwd_check(args) != cudaSuccess) emu::fail("fwd_check rejected a valid call");
-  dispatch_fwd(args, [&]<Mode MODE, int TN, bool B_KCONTIG>() {
-    using Tile = TileMma<MODE, kFwdTileM, TN, true, B_KCONTIG>;
-    const auto p = fwd_params<typename Tile::T, B_KCONTIG>(args);
-    const Grid grid = fwd_grid<TN>(args);
-    emu::launch(grid.x, grid.y, Tile::THREADS, [&] { bsmm_fwd_kernel<MODE, TN, B_KCONTIG>(p); });
-    return cudaSuccess;
-  });
+  if (launch_fwd(args, emulated_launch) != cudaSuccess) emu::fail("launch_fwd rejected a valid call");
 
   auto ref = [&](int64_t m, int64_t o) {
     double s = (!grad_input && bias) ? b.get(0, o) : 0.0;
@@ -269,14 +269,7 @@ void run_grad_weight(DType dtype, bool tf32, int64_t M, int64_t N, int64_t K, in
   args.dtype = dtype;
   args.allow_tf32 = tf32;
   args.splits = splits;
-  if (dw_check(args) != cudaSuccess) emu::fail("dw_check rejected a valid call");
-  dispatch_dw(args, [&]<Mode MODE, int TS>() {
-    using Tile = TileMma<MODE, TS, TS, false, false>;
-    const auto p = dw_params<typename Tile::T>(args);
-    const Grid grid = dw_grid<TS>(args);
-    emu::launch(grid.x, grid.y, Tile::THREADS, [&] { bsmm_dw_kernel<MODE, TS>(p); });
-    return cudaSuccess;
-  });
+  if (launch_dw(args, emulated_launch) != cudaSuccess) emu::fail("launch_dw rejected a valid call");
   auto ref = [&](int64_t n, int64_t k) {
     if (!l.active(n, k)) return 0.0;
     double s = 0;
@@ -325,13 +318,7 @@ void run_malformed_index(DType dtype) {
   args.block_k = 16;
   args.block_n = 16;
   args.dtype = dtype;
-  dispatch_fwd(args, [&]<Mode MODE, int TN, bool B_KCONTIG>() {
-    using Tile = TileMma<MODE, kFwdTileM, TN, true, B_KCONTIG>;
-    const auto p = fwd_params<typename Tile::T, B_KCONTIG>(args);
-    const Grid grid = fwd_grid<TN>(args);
-    emu::launch(grid.x, grid.y, Tile::THREADS, [&] { bsmm_fwd_kernel<MODE, TN, B_KCONTIG>(p); });
-    return cudaSuccess;
-  });
+  if (launch_fwd(args, emulated_launch) != cudaSuccess) emu::fail("launch_fwd rejected the call");
   const std::vector<int32_t> rows = {0, 5, -1}, cols = {-2, 1, 9};
   Mat<T> dw = make_mat<T>(N, K, Storage::kPacked, 0.0f);
   DwArgs d{};
@@ -354,13 +341,7 @@ void run_malformed_index(DType dtype) {
   d.block_in = 16;
   d.dtype = dtype;
   d.splits = 1;
-  dispatch_dw(d, [&]<Mode MODE, int TS>() {
-    using Tile = TileMma<MODE, TS, TS, false, false>;
-    const auto p = dw_params<typename Tile::T>(d);
-    const Grid grid = dw_grid<TS>(d);
-    emu::launch(grid.x, grid.y, Tile::THREADS, [&] { bsmm_dw_kernel<MODE, TS>(p); });
-    return cudaSuccess;
-  });
+  if (launch_dw(d, emulated_launch) != cudaSuccess) emu::fail("launch_dw rejected the call");
   ++cases;  // passing = reaching here without a sanitizer report
 }
 
