@@ -51,7 +51,7 @@ using at::Tensor;
 
 void check_block_sides(int64_t block_out, int64_t block_in) {
   for (int64_t side : {block_out, block_in})
-    TORCH_CHECK(side == 16 || side == 32 || side == 64 || side == 128,
+    TORCH_CHECK(idx::valid_block_side(side),
                 "block sides must each be one of 16, 32, 64, 128, got (", block_out, ", ", block_in, ")");
 }
 

@@ -24,6 +24,9 @@ namespace index {
 
 SK_HOST_DEVICE int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// The block sides the kernels are built for.
+SK_HOST_DEVICE bool valid_block_side(int64_t side) { return side == 16 || side == 32 || side == 64 || side == 128; }
+
 // Number of blocks of `side` covering `extent` (the last one may be partial).
 SK_HOST_DEVICE int64_t num_blocks(int64_t extent, int64_t side) { return ceil_div(extent, side); }
 

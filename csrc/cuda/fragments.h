@@ -1,5 +1,5 @@
 // Lane -> element coordinates of the warp-level tensor-core operations, kept apart from
-// the kernels and free of CUDA so that a host program (tests/cuda_fragments_check.cpp)
+// the kernels and free of CUDA so that a host program (tests/cuda_host/fragments_check.cpp)
 // replays them against an independent model of ldmatrix and mma.sync (PTX ISA) on the CPU.
 //
 // Conventions (see mma.cuh for the fragment layouts): a 16 x 16 A tile (m, k), a 16 x 16

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 
+#include "../common/block_index.h"
 #include "bsmm_cuda.h"
 #include "bsmm_dw_kernel.cuh"
 #include "bsmm_fwd_kernel.cuh"
@@ -12,12 +13,12 @@
 namespace sparsekern {
 namespace cuda {
 
-inline bool valid_side(int s) { return s == 16 || s == 32 || s == 64 || s == 128; }
 
 // The shared tile side used for a block side: the whole block up to 64, else 64-wide pieces.
 inline int tile_side(int block_side) { return block_side < 64 ? block_side : 64; }
 
-inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+using index::ceil_div;
+using index::valid_block_side;
 
 // The 16-byte cp.async path needs the contiguous dimension to have stride 1 and every
 // row start (base + r * ld_r) to be 16-byte aligned.
@@ -45,7 +46,7 @@ struct Grid {
 
 // cudaSuccess when the call can run (possibly as a no-op), else why not.
 inline cudaError_t fwd_check(const FwdArgs& a) {
-  if (!valid_side(a.block_k) || !valid_side(a.block_n) || a.M < 0 || a.K < 0 || a.N < 0 || a.nnz < 0) {
+  if (!valid_block_side(a.block_k) || !valid_block_side(a.block_n) || a.M < 0 || a.K < 0 || a.N < 0 || a.nnz < 0) {
     return cudaErrorInvalidValue;
   }
   if (ceil_div(a.M, kFwdTileM) > 0x7fffffff || ceil_div(a.N, tile_side(a.block_n)) > 65535) {
@@ -129,7 +130,7 @@ cudaError_t dispatch_fwd(const FwdArgs& a, Run&& run) {
 inline int dw_tile_side(const DwArgs& a) { return tile_side(a.block_out < a.block_in ? a.block_out : a.block_in); }
 
 inline cudaError_t dw_check(const DwArgs& a) {
-  if (!valid_side(a.block_out) || !valid_side(a.block_in) || a.M < 0 || a.N < 0 || a.K < 0 || a.nnz < 0 ||
+  if (!valid_block_side(a.block_out) || !valid_block_side(a.block_in) || a.M < 0 || a.N < 0 || a.K < 0 || a.nnz < 0 ||
       a.splits < 1 || a.splits > 65535) {
     return cudaErrorInvalidValue;
   }

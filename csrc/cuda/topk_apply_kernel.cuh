@@ -1,6 +1,7 @@
 // The write pass of the CUDA top-k projection.
 #pragma once
 
+#include "../common/block_index.h"
 #include "topk_common.cuh"
 
 namespace sparsekern {
@@ -73,7 +74,7 @@ inline cudaError_t topk_apply_check(const TopkApplyArgs& a) {
     return cudaErrorInvalidValue;
   if (a.block_counts != nullptr) {
     for (int side : {a.block_out, a.block_in})
-      if (side != 16 && side != 32 && side != 64 && side != 128) return cudaErrorInvalidValue;
+      if (!index::valid_block_side(side)) return cudaErrorInvalidValue;
   }
   return cudaSuccess;
 }

@@ -42,7 +42,8 @@ class CudaBackend(Backend):
         why = super().device_reason(device)
         if why or self.unavailable_reason():
             return why
-        # Cubins only, no PTX: a GPU none of them runs on has no kernel image.
+        # The default build holds cubins only (no PTX, unless TORCH_CUDA_ARCH_LIST asks for
+        # "+PTX"): a GPU none of the built archs runs on has no kernel image.
         built = extension().cuda_archs.split("/")
         major, minor = torch.cuda.get_device_capability(device)
         if not any(_runs_on(arch, major, minor) for arch in built):

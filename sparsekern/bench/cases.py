@@ -19,7 +19,6 @@ PASSES = ("forward", "backward", "forward+backward", "projection")
 # Products of a pass, for the useful work: y = xW^T; dx = gW; dW = g^T x on active blocks.
 PRODUCTS = {"forward": 1, "backward": 2, "forward+backward": 3}
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
 
 
 class BenchInputError(ValueError):
@@ -43,10 +42,6 @@ class Case:
     block: tuple[int, int]
     density: float
     dtype: str
-
-    def key(self) -> tuple:
-        """Identifies a case across runs (``--compare``)."""
-        return (self.pass_, str(self.shape), f"{self.block[0]}x{self.block[1]}", round(self.density, 6), self.dtype)
 
 
 @dataclasses.dataclass

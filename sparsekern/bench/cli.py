@@ -166,8 +166,7 @@ def main(argv=None) -> int:
     try:
         return _main(args)
     except BenchInputError as err:
-        parser.error(str(err))
-    return 2
+        parser.error(str(err))  # exits with status 2
 
 
 def _main(args) -> int:
