@@ -1,12 +1,14 @@
 # Two commands do everything on a fresh machine:
 #   make test   set up .venv (torch, triton, the package and its extension) and run the suite
 #   make bench  set up .venv and run the default benchmark
+# On a machine with an NVIDIA GPU, with torch and triton already installed in $(PYTHON):
+#   make gpu-check   build for that GPU, run every GPU test and a short GPU benchmark; report in $$OUT or bench-results/
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 SOURCES := $(shell find csrc sparsekern -name '*.cpp' -o -name '*.cu' -o -name '*.h' -o -name '*.cuh' 2>/dev/null)
 
-.PHONY: test bench demo install clean
+.PHONY: test bench demo install clean gpu-check gpu-versions
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -22,8 +24,23 @@ $(VENV)/.installed: $(VENV)/.deps setup.py pyproject.toml $(SOURCES)
 
 install: $(VENV)/.installed
 
-test: install
+test: install gpu-versions
 	$(PY) -m pytest -q tests
+
+# Everything that needs a GPU, in one command with a time budget (sparsekern/bench/gpu_check.py).
+# It installs nothing and uses $(PYTHON) as it is; without a GPU it says so and exits 0.
+gpu-check:
+	$(PYTHON) sparsekern/bench/gpu_check.py
+
+# The GPU machine's versions (torch 2.11, triton 3.6), proven here: a separate venv, the package
+# built against them (CUDA kernels included, for sm_90a) from a copy of the tree, imported, and
+# every Triton kernel compiled ahead of time with that triton (tools/gpu_versions.sh).
+GPU_VERSIONS_VENV ?= .venv-gpu-versions
+gpu-versions: $(GPU_VERSIONS_VENV)/.checked
+
+$(GPU_VERSIONS_VENV)/.checked: tools/gpu_versions.sh setup.py $(SOURCES) $(shell find sparsekern -name '*.py')
+	PYTHON=$(PYTHON) VENV=$(GPU_VERSIONS_VENV) bash tools/gpu_versions.sh
+	touch $@
 
 # The default benchmark (headline sweep; BENCH_ARGS="--full" for the large one). Results go to bench-results/.
 bench: install
@@ -35,4 +52,4 @@ demo: install
 	$(PY) examples/train_sparse_gpt.py $(DEMO_ARGS)
 
 clean:
-	rm -rf build *.egg-info sparsekern/_C*.so $(VENV)/.installed
+	rm -rf build *.egg-info sparsekern/_C*.so $(VENV)/.installed $(GPU_VERSIONS_VENV)/.checked

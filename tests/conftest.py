@@ -30,24 +30,35 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
+def device_backends(device="cpu") -> list[str]:
+    """Backends that can run ``device``'s tensors in this process, in the automatic order
+    (triton on CPU tensors only under the interpreter)."""
+    device = torch.device(device)
+    return [name for name in sparsekern.backend_names()
+            if not sparsekern.backends.get_backend(name).reasons(device, torch.float32, (32, 32))]
+
+
 def cpu_backends() -> list[str]:
-    """Backends that can run CPU tensors in this process (triton only under the interpreter)."""
-    names = []
-    for name in sparsekern.backend_names():
-        backend = sparsekern.backends.get_backend(name)
-        if not backend.reasons(torch.device("cpu"), torch.float32, (32, 32)):
-            names.append(name)
-    return names
+    return device_backends("cpu")
 
 
 def backend_dtypes(name: str, device="cpu") -> list[torch.dtype]:
-    """Low- and full-precision dtypes a backend supports here (bf16 excluded from the
+    """Low- and full-precision dtypes a backend runs on ``device`` here (bf16 excluded from the
     Triton interpreter, whose tl.dot on bf16 is wrong in Triton 3.8/3.9)."""
     backend = sparsekern.backends.get_backend(name)
-    dtypes = [d for d in (torch.float32, torch.float16, torch.bfloat16) if d in backend.dtypes]
-    if name == "triton" and interpreting():
+    device = torch.device(device)
+    dtypes = [d for d in (torch.float32, torch.float16, torch.bfloat16)
+              if not backend.reasons(device, d, (32, 32))]
+    if name == "triton" and device.type == "cpu" and interpreting():
         dtypes = [d for d in dtypes if d != torch.bfloat16]
     return dtypes
+
+
+def backend_cases(device="cpu", names=None) -> list[tuple[str, torch.dtype]]:
+    """``(backend, dtype)`` for every backend of ``names`` (default: all that run on ``device``)
+    and every dtype it runs there: the grid of the correctness matrices."""
+    names = device_backends(device) if names is None else names
+    return [(name, dtype) for name in names for dtype in backend_dtypes(name, device)]
 
 
 def random_weight(layout, dtype, device="cpu", generator=None, poison_outside=True):
@@ -77,11 +88,22 @@ def assert_close_to_reference(actual, expected64, low_precision_ref=None, name="
         torch.testing.assert_close(actual.double(), expected64, rtol=rtol, atol=atol * scale,
                                    msg=lambda m: f"{name}: {m}")
         return
-    assert low_precision_ref is not None, "low precision needs torch's own result in that dtype"
-    err = (actual.double() - expected64).abs().max().item()
-    ref_err = (low_precision_ref.double() - expected64).abs().max().item()
+    assert_within_twice_torch(actual, expected64, low_precision_ref, torch.finfo(dtype).eps, name)
+
+
+TF32_EPS = 2.0 ** -10  # TF32 keeps 10 mantissa bits
+
+
+def assert_within_twice_torch(actual, expected64, torch_result, eps, name="value"):
+    """The low-precision bar: the error against ``expected64`` may be at most twice that of
+    ``torch_result`` (torch's own computation in that precision), plus one ulp (``eps``) of
+    the largest entry for when torch's error is ~0."""
+    assert torch_result is not None, "low precision needs torch's own result in that precision"
+    assert torch.isfinite(actual).all(), f"{name}: non-finite entries (unwritten or poisoned)"
+    err = (actual.double() - expected64).abs().max().item() if actual.numel() else 0.0
+    ref_err = (torch_result.double() - expected64).abs().max().item() if actual.numel() else 0.0
     scale = expected64.abs().max().item() if expected64.numel() else 0.0
-    floor = torch.finfo(dtype).eps * scale  # one ulp of the largest entry, for when torch's error is ~0
+    floor = eps * scale
     assert err <= 2 * ref_err + floor, f"{name}: error {err:.3g} > 2 x torch's {ref_err:.3g} (+{floor:.2g})"
 
 

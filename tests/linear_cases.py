@@ -11,11 +11,30 @@ import torch.nn.functional as F
 
 import sparsekern
 from sparsekern._alloc import poisoned_outputs
-from conftest import assert_close_to_reference, random_weight
+from conftest import TF32_EPS, assert_close_to_reference, assert_within_twice_torch, random_weight
+
+
+@contextlib.contextmanager
+def cuda_tf32(enabled: bool):
+    previous = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = enabled
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = previous
 
 
 def run_linear_case(backend, dtype, M, N, K, block_size, density, *, bias=True, batch_shape=None,
-                    noncontiguous=False, device="cpu", seed=0, poison=True):
+                    noncontiguous=False, device="cpu", seed=0, poison=True, tf32=False):
+    """``tf32=True`` (fp32 on CUDA): TF32 matmuls for sparsekern and for torch's own result,
+    held to the low-precision bar (twice torch's own TF32 error)."""
+    with cuda_tf32(tf32) if tf32 else contextlib.nullcontext():
+        return _run_linear_case(backend, dtype, M, N, K, block_size, density, bias, batch_shape,
+                                noncontiguous, device, seed, poison, tf32)
+
+
+def _run_linear_case(backend, dtype, M, N, K, block_size, density, bias, batch_shape, noncontiguous,
+                     device, seed, poison, tf32):
     gen = torch.Generator().manual_seed(seed)
     layout = sparsekern.BlockLayout.random((N, K), block_size, density, generator=gen, device=device)
     mask = layout.to_mask()
@@ -52,8 +71,12 @@ def run_linear_case(backend, dtype, M, N, K, block_size, density, *, bias=True, 
     }
     actual = {"y": y, "dx": xr.grad, "dw": wr.grad}
     for name in ("y", "dx", "dw"):
-        assert_close_to_reference(actual[name].cpu(), expected[name].cpu(), own[name].cpu(),
-                                  name=f"{backend} {name}")
+        if tf32:
+            assert_within_twice_torch(actual[name].cpu(), expected[name].cpu(), own[name].cpu(), TF32_EPS,
+                                      name=f"{backend} tf32 {name}")
+        else:
+            assert_close_to_reference(actual[name].cpu(), expected[name].cpu(), own[name].cpu(),
+                                      name=f"{backend} {name}")
     # The weight gradient is exactly zero off the layout (never a dense product).
     assert (wr.grad[~mask] == 0).all(), "dweight must be exactly zero outside the active blocks"
     if bias:

@@ -50,6 +50,7 @@ def test_bad_input_subprocess_one_line_status_2(tmp_path, args, match):
 @pytest.mark.parametrize("args,match", [
     (["--backends", "cpu,nope"], "unknown backend 'nope'"),
     (["--dtypes", "fp32,fp8"], "unknown dtype 'fp8'"),
+    (["--device", "cpu", "--dtypes", "fp32,tf32"], "--dtypes tf32: a CUDA matmul mode, not for cpu"),
     (["--passes", "fwd"], "unknown pass 'fwd'"),
     (["--peers", "coo"], "unknown peer 'coo'"),
     (["--shapes", "8x16x16"], "does not fit block 32x32"),
@@ -261,6 +262,22 @@ def test_static_cuda_hook(monkeypatch):
 
     monkeypatch.setattr(cuda_static, "static_report", no_nvcc)
     assert static.collect({"cuda": static.cuda_rows}) == ([], ["CUDA C++ kernels: nvcc not found"])
+
+
+def test_tf32_cases_set_the_matmul_mode_and_skip_the_projection():
+    from sparsekern.bench.cases import matmul_mode
+
+    before = torch.backends.cuda.matmul.allow_tf32
+    with matmul_mode("tf32"):
+        assert torch.backends.cuda.matmul.allow_tf32
+        with matmul_mode("fp32"):
+            assert not torch.backends.cuda.matmul.allow_tf32  # fp32 is IEEE whatever the global flag
+        assert torch.backends.cuda.matmul.allow_tf32
+    assert torch.backends.cuda.matmul.allow_tf32 == before
+    sweep = Sweep(shapes=[Shape(8, 64, 64)], densities=[0.5], blocks=[(32, 32)], dtypes=["fp32", "tf32"],
+                  passes=["forward", "projection"], repeats=1, warmup=0)
+    assert {(c.pass_, c.dtype) for c in sweep.cases()} == {("forward", "fp32"), ("forward", "tf32"),
+                                                           ("projection", "fp32")}
 
 
 def test_report_compare_matches_rows_by_case():

@@ -155,6 +155,7 @@ def test_cuda_tensor_without_cuda_kernels_names_the_backends_that_can(monkeypatc
 
     monkeypatch.setattr(cuda_backend, "unavailable_reason",
                         lambda *names: "the compiled extension lacks " + ", ".join(names))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a GPU machine, as far as selection asks
     device = torch.device("cuda")
     with pytest.raises(BackendUnavailableError) as err:
         select("cuda", device, torch.float16, (32, 32))

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import sparsekern
-from conftest import assert_close_to_reference, random_weight
-from linear_cases import run_linear_case
+from conftest import TF32_EPS, assert_close_to_reference, assert_within_twice_torch, random_weight
+from linear_cases import cuda_tf32, run_linear_case
 from sparsekern.backends import get_backend
 
 pytestmark = [
@@ -70,13 +70,16 @@ def test_tf32_flag_changes_the_fp32_path():
     layout = sparsekern.BlockLayout.random((128, 256), 32, 0.5, generator=gen, device="cuda")
     w = random_weight(layout, torch.float32, "cuda", gen)
     x = torch.randn(64, 256, generator=gen).cuda()
-    expected = x.double() @ torch.where(layout.to_mask(), w, 0).double().t()
+    w_masked = torch.where(layout.to_mask(), w, 0)
+    expected = x.double() @ w_masked.double().t()
     exact = sparsekern.block_sparse_linear(x, w, layout, backend="cuda")
-    torch.backends.cuda.matmul.allow_tf32 = True
-    tf32 = sparsekern.block_sparse_linear(x, w, layout, backend="cuda")
+    with cuda_tf32(True):
+        tf32 = sparsekern.block_sparse_linear(x, w, layout, backend="cuda")
+        cublas_tf32 = x @ w_masked.t()
+    assert_close_to_reference(exact.cpu(), expected.cpu(), name="IEEE fp32")
+    assert_within_twice_torch(tf32.cpu(), expected.cpu(), cublas_tf32.cpu(), TF32_EPS, name="TF32")
     exact_err = (exact.double() - expected).abs().max().item()
     tf32_err = (tf32.double() - expected).abs().max().item()
-    assert exact_err < 1e-4 and tf32_err < 5e-2
     assert tf32_err > exact_err  # TF32 rounds the inputs to 10 mantissa bits: visibly less exact
 
 

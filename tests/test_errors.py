@@ -105,3 +105,12 @@ def test_cuda_backend_declines_gpus_it_was_not_built_for():
     assert not _runs_on("8.0", 7, 5) and not _runs_on("8.0", 9, 0)
     assert _runs_on("9.0a", 9, 0) and not _runs_on("9.0a", 10, 0)  # arch-specific: 9.0 only
     assert _runs_on("8.0+PTX", 12, 0) and not _runs_on("8.0+PTX", 7, 5)  # PTX: any later GPU
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without a CUDA device")
+def test_asking_for_cuda_without_a_gpu_answers_instead_of_raising():
+    # Before: the cuda backend queried the device's capability and torch raised "no NVIDIA driver".
+    assert sparsekern.available_backends("cuda") == []
+    assert sparsekern.projection_backends("cuda", torch.float32) == []
+    with pytest.raises(sparsekern.BackendUnavailableError, match="no CUDA device here"):
+        sparsekern.backends.select("cuda", torch.device("cuda"), torch.float32, (32, 32))

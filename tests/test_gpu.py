@@ -1,28 +1,23 @@
 """The correctness matrix on CUDA tensors, for every backend that can run them.
 
-Skipped without a CUDA device: no GPU is available to this project's CI.
+Skipped without a CUDA device: no GPU is available to this project's CI. ``make gpu-check``
+runs this module (and every other one that needs a GPU) on one.
 """
 
 import pytest
 import torch
 
 import sparsekern
+from conftest import backend_cases
 from linear_cases import run_linear_case
+from sparsekern.backends import get_backend, select
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none present)")]
 
-
-def gpu_cases():
-    if not torch.cuda.is_available():
-        return []
-    cases = []
-    for name in sparsekern.available_backends("cuda"):
-        backend = sparsekern.backends.get_backend(name)
-        for dtype in (torch.float32, torch.float16, torch.bfloat16):
-            if dtype in backend.dtypes:
-                cases.append((name, dtype))
-    return cases
+# Every backend that runs CUDA tensors here, with every dtype it runs there (conftest's grid).
+CASES = backend_cases("cuda") if torch.cuda.is_available() else []
+FP32_BACKENDS = [b for b, d in CASES if d == torch.float32]
 
 
 @pytest.fixture(autouse=True)
@@ -30,7 +25,7 @@ def _ieee(ieee_fp32):
     """The fp32 bar is IEEE (conftest.ieee_fp32); TF32 is tested separately."""
 
 
-@pytest.mark.parametrize("backend,dtype", gpu_cases())
+@pytest.mark.parametrize("backend,dtype", CASES)
 @pytest.mark.parametrize("block_size", [16, 32, 64, 128, (32, 16), (16, 64), (128, 32)], ids=str)
 @pytest.mark.parametrize("density", [0.0, 0.3, 1.0])
 def test_products_match_reference(backend, dtype, block_size, density):
@@ -38,24 +33,34 @@ def test_products_match_reference(backend, dtype, block_size, density):
                     device="cuda", bias=density != 0.3)
 
 
-@pytest.mark.parametrize("backend,dtype", gpu_cases())
+@pytest.mark.parametrize("backend,dtype", CASES)
 def test_3d_and_noncontiguous(backend, dtype):
     run_linear_case(backend, dtype, None, 96, 160, 32, 0.5, batch_shape=(4, 33), device="cuda")
     run_linear_case(backend, dtype, None, 96, 160, (16, 32), 0.5, batch_shape=(4, 33),
                     noncontiguous=True, device="cuda")
 
 
-@pytest.mark.parametrize("backend", [b for b, d in gpu_cases() if d == torch.float32])
-def test_tf32_close_to_reference(backend):
-    torch.backends.cuda.matmul.allow_tf32 = True
-    gen = torch.Generator().manual_seed(0)
-    layout = sparsekern.BlockLayout.random((256, 256), 32, 0.5, generator=gen, device="cuda")
-    w = (torch.randn(256, 256, generator=gen) * layout.to_mask().cpu()).cuda()
-    x = torch.randn(128, 256, generator=gen).cuda()
-    y = sparsekern.block_sparse_linear(x, w, layout, backend=backend)
-    expected = x.double() @ w.double().t()
-    assert (y.double() - expected).abs().max() < 5e-2  # TF32: 10-bit mantissa
+@pytest.mark.parametrize("backend", FP32_BACKENDS)
+@pytest.mark.parametrize("block_size", [32, (64, 16)], ids=str)
+def test_tf32_within_twice_torchs_tf32_error(backend, block_size):
+    # All three products with TF32 on, against twice cuBLAS's own TF32 error on the same data.
+    run_linear_case(backend, torch.float32, M=256, N=200, K=320, block_size=block_size, density=0.5,
+                    device="cuda", tf32=True)
 
 
-def test_automatic_choice_on_cuda_is_not_reference():
-    assert sparsekern.available_backends("cuda")[0] in ("cuda", "triton")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+def test_automatic_choice_runs_the_fastest_gpu_backend(dtype, monkeypatch):
+    # The package's own selection (what block_sparse_linear does with backend=None): the CUDA C++
+    # kernels when built for this GPU, else Triton; never the dense reference.
+    monkeypatch.delenv("SPARSEKERN_BACKEND", raising=False)
+    device = torch.device("cuda")
+    expected = "cuda" if not get_backend("cuda").reasons(device, dtype, (32, 32)) else "triton"
+    assert select(None, device, dtype, (32, 32)).name == expected
+    backend = get_backend(expected)
+    calls = []
+    original = backend.forward
+    monkeypatch.setattr(backend, "forward", lambda *args: calls.append(args[0].is_cuda) or original(*args))
+    layout = sparsekern.BlockLayout.random((64, 96), 32, 0.5, device="cuda")
+    w = torch.randn(64, 96, device="cuda", dtype=dtype) * layout.to_mask()
+    y = sparsekern.block_sparse_linear(torch.randn(8, 96, device="cuda", dtype=dtype), w, layout)
+    assert y.shape == (8, 64) and calls == [True]

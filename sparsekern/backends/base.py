@@ -55,7 +55,10 @@ class Backend:
         why = self.unavailable_reason()
         if why:
             reasons.append(why)
-        why = self.device_reason(device)
+        # No backend can run a CUDA tensor where there is no CUDA device; asking the device's
+        # properties there would raise instead of answering.
+        why = "no CUDA device here" if device.type == "cuda" and not torch.cuda.is_available() else None
+        why = why or self.device_reason(device)
         if why:
             reasons.append(why)
         if dtype not in self.dtypes:

@@ -8,6 +8,7 @@ backward: input gradient + weight gradient, two; forward+backward: three).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 
@@ -18,7 +19,10 @@ from ..layout import BLOCK_SIDES
 PASSES = ("forward", "backward", "forward+backward", "projection")
 # Products of a pass, for the useful work: y = xW^T; dx = gW; dW = g^T x on active blocks.
 PRODUCTS = {"forward": 1, "backward": 2, "forward+backward": 3}
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+# "tf32" is fp32 data with CUDA's TF32 matmul mode on, for dense and sparsekern alike; "fp32" on
+# CUDA runs with it off (IEEE), whatever torch's global flag says (see ``matmul_mode``).
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "tf32": torch.float32}
+CUDA_ONLY_DTYPES = ("tf32",)
 
 
 class BenchInputError(ValueError):
@@ -63,6 +67,8 @@ class Sweep:
         for pass_, dtype, shape in itertools.product(self.passes, self.dtypes, self.shapes):
             blocks, densities = self.blocks, self.densities
             if pass_ == "projection":
+                if dtype in CUDA_ONLY_DTYPES:  # a matmul mode: the projection is the same as fp32's
+                    continue
                 blocks = blocks + [(1, 1)]
                 densities = self.projection_densities or densities
             for block, density in itertools.product(blocks, densities):
@@ -74,6 +80,17 @@ class Sweep:
                     seen.add(dedup)
                 out.append(case)
         return out
+
+
+@contextlib.contextmanager
+def matmul_mode(dtype_name: str):
+    """CUDA's TF32 flag for a case: on for "tf32", off for the others; restored afterwards."""
+    previous = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = dtype_name == "tf32"
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = previous
 
 
 def useful_flops(pass_: str, m: int, nnz_elements: int) -> int:

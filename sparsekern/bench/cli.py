@@ -34,7 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--peers", default="bsr,csr",
                    help="torch sparse peers, comma-separated from bsr, csr (default: both), or none")
     p.add_argument("--passes", help=f"comma-separated, from {', '.join(PASSES)}")
-    p.add_argument("--dtypes", help=f"comma-separated, from {', '.join(DTYPES)}")
+    p.add_argument("--dtypes", help=f"comma-separated, from {', '.join(DTYPES)} (tf32: fp32 data with CUDA's "
+                                    "TF32 matmul mode on for every implementation; fp32 runs IEEE)")
     p.add_argument("--shapes", help="comma-separated MxNxK: M rows of input, N out_features, K in_features")
     p.add_argument("--densities", help="comma-separated fractions of blocks kept, in (0, 1]")
     p.add_argument("--block-sizes", help="comma-separated S or OUTxIN, sides in 16, 32, 64, 128")
@@ -112,6 +113,9 @@ def make_sweep(args, device):
         sweep.passes = cases.parse_choices(args.passes, "pass", PASSES)
     if args.dtypes:
         sweep.dtypes = cases.parse_choices(args.dtypes, "dtype", tuple(DTYPES))
+        cuda_only = [d for d in sweep.dtypes if d in cases.CUDA_ONLY_DTYPES]
+        if cuda_only and device.type != "cuda":
+            raise BenchInputError(f"--dtypes {','.join(cuda_only)}: a CUDA matmul mode, not for {device.type}")
     if args.shapes:
         sweep.shapes = cases.parse_shapes(args.shapes)
     if args.densities:

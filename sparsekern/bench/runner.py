@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from . import projection
-from .cases import DTYPES, Case, Sweep, useful_flops
+from .cases import DTYPES, Case, Sweep, matmul_mode, useful_flops
 from .impls import NotAvailable, Problem, implementations, input_sets, make_problem, pass_callable
 from .impls import relative_errors, tolerance
 from .timing import time_interleaved
@@ -38,6 +38,11 @@ def _finish(rows: list[dict], timings: dict, baseline: str, flops: int) -> None:
 
 
 def run_linear_case(case: Case, backends, peers, device, repeats, warmup, seed, budget_s=None) -> list[dict]:
+    with matmul_mode(case.dtype):
+        return _run_linear_case(case, backends, peers, device, repeats, warmup, seed, budget_s)
+
+
+def _run_linear_case(case: Case, backends, peers, device, repeats, warmup, seed, budget_s) -> list[dict]:
     problem: Problem = make_problem(case, device, input_sets(case, device), seed)
     layout = problem.layout
     nnz_el = problem.nnz_elements
