@@ -29,8 +29,9 @@ test: install gpu-versions
 
 # Everything that needs a GPU, in one command with a time budget (sparsekern/bench/gpu_check.py).
 # It installs nothing and uses $(PYTHON) as it is; without a GPU it says so and exits 0.
+# GPU_CHECK_ARGS: e.g. "--modules test_cuda_gpu --no-bench" for a second, shorter run.
 gpu-check:
-	$(PYTHON) sparsekern/bench/gpu_check.py
+	$(PYTHON) sparsekern/bench/gpu_check.py $(GPU_CHECK_ARGS)
 
 # The GPU machine's versions (torch 2.11, triton 3.6), proven here: a separate venv, the package
 # built against them (CUDA kernels included, for sm_90a) from a copy of the tree, imported, and

@@ -3,7 +3,7 @@
 // tensors into raw pointers and strides, and calls the torch-free launchers. Kept lean:
 // compile time matters on small CI machines.
 //
-// Sections: common helpers | CPU block-sparse products | top-k projection (CPU) | CUDA (#ifdef
+// Sections: common helpers | CPU block-sparse products | CPU element-sparse products | top-k projection (CPU) | CUDA (#ifdef
 // SPARSEKERN_WITH_CUDA; block-sparse products, then top-k projection) | module.
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -20,6 +20,7 @@
 
 #include "common/block_index.h"
 #include "cpu/bsmm_cpu.h"
+#include "cpu/esmm_cpu.h"
 #include "cpu/topk.h"
 
 #ifdef SPARSEKERN_WITH_CUDA  // CUDA headers exist only in a CUDA build of torch
@@ -273,6 +274,110 @@ Tensor bsmm_grad_weight_cpu(const Tensor& grad_out, const Tensor& x, const Tenso
                         dtype_of(dw), k};
   TORCH_CHECK(cpu::bsmm_sampled(p, torch_parallel_for), "sparsekern cpu: out of memory for scratch buffers");
   return dw;
+}
+
+// ===================================================== CPU element-sparse products
+
+// A CSR index over n_outer rows with columns in [0, n_inner), checked in O(nnz): pointers int32
+// or int64 (returned as int64, the kernels' type), indices int32.
+Tensor checked_csr(const Tensor& ptr, const char* ptr_name, const Tensor& ind, const char* ind_name,
+                   int64_t n_outer, int64_t n_inner) {
+  TORCH_CHECK(ptr.scalar_type() == at::kInt || ptr.scalar_type() == at::kLong, ptr_name,
+              " must be int32 or int64, got ", ptr.scalar_type());
+  TORCH_CHECK(ptr.dim() == 1 && ptr.is_contiguous() && ptr.is_cpu(), ptr_name, " must be a contiguous 1-D CPU tensor");
+  TORCH_CHECK(ptr.numel() == n_outer + 1, ptr_name, " must have ", n_outer + 1, " entries (rows + 1), got ",
+              ptr.numel());
+  check_index_tensor(ind, ind_name, at::Device(at::kCPU));
+  const int err = ptr.scalar_type() == at::kInt
+                      ? idx::check_compressed(ptr.data_ptr<int32_t>(), n_outer, ind.data_ptr<int32_t>(), ind.numel(), n_inner)
+                      : idx::check_compressed(ptr.data_ptr<int64_t>(), n_outer, ind.data_ptr<int32_t>(), ind.numel(), n_inner);
+  TORCH_CHECK(err == idx::kIndexOk, "invalid element index (", ptr_name, ", ", ind_name, "): ", idx::describe(err));
+  return ptr.to(at::kLong);
+}
+
+// The kernels compute in fp32; a bf16 call gets its result rounded once, into `out` if given.
+Tensor finish(const Tensor& y32, const Tensor& like, const std::optional<Tensor>& out) {
+  if (like.scalar_type() == at::kFloat) return y32;
+  Tensor y = output(out, y32.sizes(), like);
+  y.copy_(y32);
+  return y;
+}
+
+std::optional<Tensor> fp32_out(const std::optional<Tensor>& out, const Tensor& like) {
+  return like.scalar_type() == at::kFloat ? out : std::nullopt;
+}
+
+Tensor element_dense_sparse(const Tensor& a, const Tensor& w, const std::optional<Tensor>& bias, const Tensor& ptr64,
+                            const Tensor& ind, const std::optional<Tensor>& out) {
+  const Tensor a32 = rows_fp32(a);
+  Tensor y32 = output(fp32_out(out, a), {a.size(0), w.size(0)}, a32);
+  Tensor bias32;
+  if (bias.has_value()) bias32 = bias->to(at::kFloat).contiguous();
+  cpu::ElementDenseSparse p{a32.data_ptr<float>(), a.size(0), leading_dim(a32), strided(w),
+                            bias32.defined() ? bias32.data_ptr<float>() : nullptr, ptr64.data_ptr<int64_t>(),
+                            ind.data_ptr<int32_t>(), ind.numel(), y32.data_ptr<float>(), y32.size(1)};
+  TORCH_CHECK(cpu::esmm_dense_sparse(p, torch_parallel_for), "sparsekern cpu: out of memory for scratch buffers");
+  return finish(y32, a, out);
+}
+
+void check_element_args(const Tensor& a, const char* a_name, const Tensor& b, const char* b_name) {
+  check_matrix(a, a_name, at::Device(at::kCPU));
+  check_matrix(b, b_name, at::Device(at::kCPU));
+  check_cpu_dtype(b, b_name);
+  TORCH_CHECK(a.scalar_type() == b.scalar_type(), a_name, " must have ", b_name, "'s dtype ", b.scalar_type(),
+              ", got ", a.scalar_type());
+}
+
+Tensor esmm_forward_cpu(const Tensor& x, const Tensor& weight, const std::optional<Tensor>& bias,
+                        const Tensor& row_ptr, const Tensor& col_idx, const std::optional<Tensor>& out) {
+  check_element_args(x, "x", weight, "weight");
+  TORCH_CHECK(x.size(1) == weight.size(1), "x must have ", weight.size(1), " columns (weight's in_features), got ",
+              x.size(1));
+  if (bias.has_value()) {
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == weight.size(0) && bias->is_cpu() &&
+                    bias->scalar_type() == weight.scalar_type(),
+                "bias must be a ", weight.scalar_type(), " CPU tensor of shape (", weight.size(0), ",)");
+  }
+  const Tensor ptr = checked_csr(row_ptr, "row_ptr", col_idx, "col_idx", weight.size(0), weight.size(1));
+  return element_dense_sparse(x, weight, bias, ptr, col_idx, out);
+}
+
+Tensor esmm_grad_input_cpu(const Tensor& grad_out, const Tensor& weight, const Tensor& col_ptr,
+                           const Tensor& row_idx, const std::optional<Tensor>& out) {
+  check_element_args(grad_out, "grad_out", weight, "weight");
+  TORCH_CHECK(grad_out.size(1) == weight.size(0), "grad_out must have ", weight.size(0),
+              " columns (weight's out_features), got ", grad_out.size(1));
+  const Tensor ptr = checked_csr(col_ptr, "col_ptr", row_idx, "row_idx", weight.size(1), weight.size(0));
+  // The forward kernel on W.T: its rows are W's columns, walked by the transposed index.
+  return element_dense_sparse(grad_out, weight.t(), std::nullopt, ptr, row_idx, out);
+}
+
+Tensor esmm_grad_weight_cpu(const Tensor& grad_out, const Tensor& x, const Tensor& row_ptr, const Tensor& col_idx,
+                            const std::optional<Tensor>& out) {
+  check_element_args(grad_out, "grad_out", x, "x");
+  TORCH_CHECK(grad_out.size(0) == x.size(0), "grad_out and x must have the same number of rows, got ",
+              grad_out.size(0), " and ", x.size(0));
+  const int64_t n = grad_out.size(1), k = x.size(1);
+  const Tensor ptr = checked_csr(row_ptr, "row_ptr", col_idx, "col_idx", n, k);
+  const Tensor dy32 = rows_fp32(grad_out), x32 = rows_fp32(x);
+  Tensor dw32 = output(fp32_out(out, x), {n, k}, x32);
+  cpu::ElementSampled p{dy32.data_ptr<float>(), leading_dim(dy32), x32.data_ptr<float>(), leading_dim(x32),
+                        x.size(0), n, k, ptr.data_ptr<int64_t>(), col_idx.data_ptr<int32_t>(), col_idx.numel(),
+                        dw32.data_ptr<float>(), k};
+  TORCH_CHECK(cpu::esmm_sampled(p, torch_parallel_for), "sparsekern cpu: out of memory for scratch buffers");
+  return finish(dw32, x, out);
+}
+
+void register_cpu_element(pybind11::module_& m) {
+  m.def("esmm_forward_cpu", &esmm_forward_cpu, "y = x @ W.T + bias over W's listed nonzeros (CPU)",
+        pybind11::arg("x"), pybind11::arg("weight"), pybind11::arg("bias"), pybind11::arg("row_ptr"),
+        pybind11::arg("col_idx"), pybind11::arg("out") = pybind11::none());
+  m.def("esmm_grad_input_cpu", &esmm_grad_input_cpu, "dx = grad_out @ W over W's listed nonzeros (CPU)",
+        pybind11::arg("grad_out"), pybind11::arg("weight"), pybind11::arg("col_ptr"), pybind11::arg("row_idx"),
+        pybind11::arg("out") = pybind11::none());
+  m.def("esmm_grad_weight_cpu", &esmm_grad_weight_cpu,
+        "dW = grad_out.T @ x at W's listed nonzeros, zeros elsewhere (CPU)", pybind11::arg("grad_out"),
+        pybind11::arg("x"), pybind11::arg("row_ptr"), pybind11::arg("col_idx"), pybind11::arg("out") = pybind11::none());
 }
 
 cpu::Isa parse_isa(const std::string& name) {
@@ -648,6 +753,7 @@ PYBIND11_MODULE(_C, m) {
   m.doc() = "sparsekern compiled kernels";
   std::string built_with = "torch " SK_TORCH_VERSION ", CPU kernels (portable/AVX2/AVX-512, chosen at run time)";
   register_cpu(m);
+  register_cpu_element(m);
   register_projection_cpu(m);
 #ifdef SPARSEKERN_WITH_CUDA
   register_cuda(m);

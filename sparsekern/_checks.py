@@ -18,12 +18,13 @@ def check_floating(t, name: str) -> None:
         raise TypeError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
 
 
-def check_linear_args(x, weight, layout, bias) -> None:
-    """The checks of ``block_sparse_linear``; raises TypeError/ValueError naming the argument."""
+def check_linear_args(x, weight, layout, bias, layout_type=BlockLayout) -> None:
+    """The checks of ``block_sparse_linear`` (and, with ``layout_type=ElementLayout``, of
+    ``element_sparse_linear``); raises TypeError/ValueError naming the argument."""
     check_floating(x, "x")
     check_floating(weight, "weight")
-    if not isinstance(layout, BlockLayout):
-        raise TypeError(f"layout must be a sparsekern.BlockLayout, got {type(layout).__name__}")
+    if not isinstance(layout, layout_type):
+        raise TypeError(f"layout must be a sparsekern.{layout_type.__name__}, got {type(layout).__name__}")
     if weight.dim() != 2:
         raise ValueError(f"weight must be 2-D [out_features, in_features], got shape {tuple(weight.shape)}")
     out_features, in_features = weight.shape

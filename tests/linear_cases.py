@@ -25,18 +25,27 @@ def cuda_tf32(enabled: bool):
 
 
 def run_linear_case(backend, dtype, M, N, K, block_size, density, *, bias=True, batch_shape=None,
-                    noncontiguous=False, device="cpu", seed=0, poison=True, tf32=False):
-    """``tf32=True`` (fp32 on CUDA): TF32 matmuls for sparsekern and for torch's own result,
-    held to the low-precision bar (twice torch's own TF32 error)."""
+                    noncontiguous=False, device="cpu", seed=0, poison=True, tf32=False, layout=None,
+                    dense_weight_grad=False):
+    """A random ``BlockLayout`` of ``block_size`` and ``density``, or the ``layout`` given (any
+    format: ``sparse_linear`` dispatches on it; N and K are then its shape). ``tf32=True``
+    (fp32 on CUDA): TF32 matmuls for sparsekern and for torch's own result, held to the
+    low-precision bar (twice torch's own TF32 error)."""
     with cuda_tf32(tf32) if tf32 else contextlib.nullcontext():
         return _run_linear_case(backend, dtype, M, N, K, block_size, density, bias, batch_shape,
-                                noncontiguous, device, seed, poison, tf32)
+                                noncontiguous, device, seed, poison, tf32, layout, dense_weight_grad)
+
+
+def run_element_case(backend, dtype, M, layout, **kwargs):
+    """``run_linear_case`` on an ``ElementLayout``."""
+    return run_linear_case(backend, dtype, M, *layout.shape, None, None, layout=layout, **kwargs)
 
 
 def _run_linear_case(backend, dtype, M, N, K, block_size, density, bias, batch_shape, noncontiguous,
-                     device, seed, poison, tf32):
+                     device, seed, poison, tf32, layout, dense_weight_grad):
     gen = torch.Generator().manual_seed(seed)
-    layout = sparsekern.BlockLayout.random((N, K), block_size, density, generator=gen, device=device)
+    if layout is None:
+        layout = sparsekern.BlockLayout.random((N, K), block_size, density, generator=gen, device=device)
     mask = layout.to_mask()
     weight = random_weight(layout, dtype, device, gen)  # NaN outside the active blocks
     lead = batch_shape if batch_shape is not None else (M,)
@@ -52,7 +61,7 @@ def _run_linear_case(backend, dtype, M, N, K, block_size, density, bias, batch_s
     wr = weight.detach().clone().requires_grad_()
     br = b.detach().clone().requires_grad_() if bias else None
     with poisoned_outputs() if poison else contextlib.nullcontext():
-        y = sparsekern.block_sparse_linear(xr, wr, layout, br, backend=backend)
+        y = sparsekern.sparse_linear(xr, wr, layout, br, backend=backend, dense_weight_grad=dense_weight_grad)
         y.backward(grad)
 
     # The fp64 oracle, and torch's own result in the low-precision dtype for the 2x bar.
@@ -62,12 +71,12 @@ def _run_linear_case(backend, dtype, M, N, K, block_size, density, bias, batch_s
     expected = {
         "y": F.linear(x64, w64, b.double() if bias else None).reshape(y.shape),
         "dx": (g64 @ w64).reshape(x.shape),
-        "dw": torch.where(mask, g64.t() @ x64, 0),
+        "dw": g64.t() @ x64 if dense_weight_grad else torch.where(mask, g64.t() @ x64, 0),
     }
     own = {
         "y": F.linear(x, w_masked, b),
         "dx": (g2 @ w_masked).reshape(x.shape),
-        "dw": torch.where(mask, g2.t() @ x2, 0),
+        "dw": g2.t() @ x2 if dense_weight_grad else torch.where(mask, g2.t() @ x2, 0),
     }
     actual = {"y": y, "dx": xr.grad, "dw": wr.grad}
     for name in ("y", "dx", "dw"):
@@ -78,7 +87,8 @@ def _run_linear_case(backend, dtype, M, N, K, block_size, density, bias, batch_s
             assert_close_to_reference(actual[name].cpu(), expected[name].cpu(), own[name].cpu(),
                                       name=f"{backend} {name}")
     # The weight gradient is exactly zero off the layout (never a dense product).
-    assert (wr.grad[~mask] == 0).all(), "dweight must be exactly zero outside the active blocks"
+    if not dense_weight_grad:
+        assert (wr.grad[~mask] == 0).all(), "dweight must be exactly zero outside the layout"
     if bias:
         assert_close_to_reference(br.grad.cpu(), g64.sum(0).cpu(), g2.sum(0).cpu(), name=f"{backend} dbias")
     return layout

@@ -264,6 +264,26 @@ def test_static_cuda_hook(monkeypatch):
     assert static.collect({"cuda": static.cuda_rows}) == ([], ["CUDA C++ kernels: nvcc not found"])
 
 
+def test_an_interrupted_sweep_saves_the_cases_it_finished(tmp_path):
+    # gpu-check ends a benchmark past its time limit with SIGINT: what was measured is saved.
+    import signal
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.Popen([sys.executable, "-m", "sparsekern.bench", "--device", "cpu", "--shapes", "64x256x256",
+                             "--densities", ",".join(str(d / 100) for d in range(5, 100, 5)), "--block-sizes", "16,32",
+                             "--repeats", "20", "--no-progress", "--no-plot", "--out", "res"],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(8)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    (path,) = (tmp_path / "res").glob("*.json")
+    data = json.load(open(path))
+    assert data["meta"]["interrupted"].startswith("interrupted after ")
+    assert "of 171 cases" in data["meta"]["interrupted"]
+    assert all(r["status"] != "ERROR" for r in data["rows"])
+
+
 def test_tf32_cases_set_the_matmul_mode_and_skip_the_projection():
     from sparsekern.bench.cases import matmul_mode
 

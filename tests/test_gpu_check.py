@@ -116,6 +116,42 @@ def test_a_stage_past_its_limit_is_ended_with_its_children_and_the_next_still_ru
     assert [s["status"] for s in saved["stages"]] == ["timeout", "passed"]
 
 
+def test_a_stage_past_its_limit_keeps_the_outcomes_pytest_had(tmp_path, monkeypatch):
+    # Interrupted (SIGINT) rather than killed, pytest still writes the JUnit report of the tests
+    # that finished before the limit.
+    monkeypatch.setitem(gpu_check.LIMITS, "tests", (8, 1))
+    (tmp_path / "test_slow.py").write_text("import time\ndef test_quick(): pass\ndef test_hangs(): time.sleep(120)\n")
+    xml = tmp_path / "out.xml"
+    run = gpu_check.Run(sys.executable, str(tmp_path / "out"), budget_s=60)
+    record = run.stage("tests:slow", "tests", [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                                               f"--junitxml={xml}", str(tmp_path / "test_slow.py")], later=[])
+    assert record["status"] == "timeout"
+    outcomes = {t["name"]: t["outcome"] for t in gpu_check.parse_junit(str(xml), "slow", record["status"])}
+    assert outcomes.get("test_quick") == "passed", outcomes
+
+
+def test_a_module_that_only_skipped_on_a_gpu_machine_fails():
+    skipped = [{"outcome": "skipped"}, {"outcome": "skipped"}]
+    assert gpu_check.module_status("passed", skipped) == "failed"
+    assert gpu_check.module_status("passed", skipped + [{"outcome": "passed"}]) == "passed"
+    assert gpu_check.module_status("timeout", []) == "timeout"
+
+
+def test_a_truncated_junit_report_is_one_error_entry(tmp_path):
+    xml = tmp_path / "cut.xml"
+    xml.write_text('<?xml version="1.0"?><testsuites><testsuite><testcase name="a"')
+    (entry,) = gpu_check.parse_junit(str(xml), "m.py", "timeout")
+    assert entry["outcome"] == "error" and "unreadable" in entry["message"]
+
+
+def test_bench_rows_without_a_speedup_render(tmp_path):
+    report = json.load(open(SAMPLE))
+    row = dict(report["bench"]["rows"][0], speedup=None, tflops=None)
+    report["bench"]["rows"] = [row]
+    md = open(gpu_check.write_report(report, str(tmp_path))["report.md"]).read()
+    assert f"| {row['impl']} | {row['time_ms']:.4g} | - | - | ok |" in md
+
+
 def _running(pid: int) -> bool:
     """Alive and not a zombie (a killed orphan may wait unreaped in a container)."""
     try:

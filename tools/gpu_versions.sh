@@ -29,6 +29,12 @@ git ls-files -co --exclude-standard -z -- csrc sparsekern setup.py pyproject.tom
     | tar --null -T - -cf - | tar -xf - -C "$SRC"
 
 cd "$SRC"
+# Without nvcc (CUDA_HOME or PATH) setup.py builds the CPU kernels only; the check then says so.
+WITH_CUDA=1
+if ! command -v nvcc > /dev/null && [ ! -x "${CUDA_HOME:-/usr/local/cuda}/bin/nvcc" ]; then
+    echo "gpu-versions: no nvcc here: the CUDA kernels are not built against torch $TORCH (CPU kernels and Triton only)"
+    WITH_CUDA=0
+fi
 TORCH_CUDA_ARCH_LIST=9.0a MAX_JOBS=${MAX_JOBS:-2} "$VENV/bin/python" setup.py --quiet build_ext --inplace \
     > "$SRC/build.log" 2>&1 || { tail -50 "$SRC/build.log"; echo "gpu-versions: build against torch $TORCH failed"; exit 1; }
-env -u TRITON_INTERPRET PYTHONPATH="$SRC" "$VENV/bin/python" tools/gpu_versions_check.py "$TORCH" "$TRITON"
+env -u TRITON_INTERPRET PYTHONPATH="$SRC" "$VENV/bin/python" tools/gpu_versions_check.py "$TORCH" "$TRITON" "$WITH_CUDA"

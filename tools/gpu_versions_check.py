@@ -14,12 +14,12 @@ from sparsekern.projection.topk_aot import compile_kernel as compile_topk
 from sparsekern.projection.topk_aot import default_cases as topk_cases
 from sparsekern.triton.aot import compile_kernel, default_cases
 
-want_torch, want_triton = sys.argv[1:3]
+want_torch, want_triton, with_cuda = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
 assert torch.__version__.split("+")[0] == want_torch, f"torch {torch.__version__}, not {want_torch}"
 assert triton.__version__ == want_triton, f"triton {triton.__version__}, not {want_triton}"
 module = _extension.extension()
 assert module is not None, _extension.unavailable_reason()
-assert "cuda" in module.built_with.lower(), f"built without the CUDA kernels: {module.built_with}"
+assert ("cuda" in module.built_with.lower()) == with_cuda, f"CUDA kernels expected: {with_cuda}; {module.built_with}"
 
 # The CPU kernels built against this torch compute the right thing (the binding's API in use).
 gen = torch.Generator().manual_seed(0)

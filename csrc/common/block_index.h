@@ -79,7 +79,9 @@ SK_HOST_DEVICE const char* describe(int error) {
 
 // Compressed index (ptr, idx): the pointers bound every segment inside idx[0, nnz),
 // and every index lies in [0, n_inner), ascending within its segment (no duplicate block).
-SK_HOST_DEVICE int check_compressed(const int32_t* ptr, int64_t n_outer, const int32_t* idx, int64_t nnz,
+// Ptr: int32_t (the block layouts), or int64_t (element layouts of 2^31 nonzeros or more).
+template <typename Ptr>
+SK_HOST_DEVICE int check_compressed(const Ptr* ptr, int64_t n_outer, const int32_t* idx, int64_t nnz,
                                     int64_t n_inner) {
   if (ptr[0] != 0) return kPtrFirstNotZero;
   if (ptr[n_outer] != nnz) return kPtrLastNotNnz;

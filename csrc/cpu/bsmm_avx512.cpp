@@ -1,15 +1,6 @@
-// The CPU kernels for AVX-512F (with AVX2 + FMA). Only this unit is compiled for them (the
-// pragma, not a command-line flag), and the dispatcher calls it only on a CPU that reports them.
-#if defined(__x86_64__) || defined(__i386__)
-#if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx512f,avx2,fma"))), apply_to = function)
-#elif defined(__GNUC__)
-#pragma GCC target("avx512f,avx2,fma")
-#endif
-#define SK_KERNELS_AVX512 1
-#endif
+// The CPU block-sparse kernels for AVX-512F (with AVX2 + FMA; see target_begin.h).
+#define SK_TARGET_AVX512 1
+#include "target_begin.h"
 #define SK_KERNELS_NS avx512
 #include "bsmm_kernels.h"
-#if defined(__clang__) && (defined(__x86_64__) || defined(__i386__))
-#pragma clang attribute pop
-#endif
+#include "target_end.h"

@@ -10,13 +10,7 @@
 
 #include "../common/block_index.h"
 #include "bsmm_cpu.h"
-
-#if defined(SK_KERNELS_AVX512) || defined(SK_KERNELS_AVX2)
-#include <immintrin.h>
-#endif
-#if defined(SK_KERNELS_AVX512)
-#include "transpose_avx512.h"
-#endif
+#include "simd.h"
 
 namespace sparsekern {
 namespace cpu {
@@ -38,70 +32,15 @@ namespace {
 
 using index::block_extent;
 
-// ------------------------------------------------------------------ vector type
-// VL lanes. Forward microtile: NV <= FWD_MAX_NV vectors wide (a wider panel of a 64-wide
+// ------------------------------------------------------------------ tuning
+// VL lanes (simd.h). Forward microtile: NV <= FWD_MAX_NV vectors wide (a wider panel of a 64-wide
 // block row no longer fits L1), FWD_ACC accumulators (FWD_MR1 rows when one vector wide).
 // Weight-gradient microtile: NV <= MAX_NV vectors, GW_ACC accumulators. Tuned on a
 // Sapphire Rapids core; AVX2 has 16 registers, hence the smaller tiles.
 #if defined(SK_KERNELS_AVX512)
-constexpr int VL = 16, MAX_NV = 4, FWD_MAX_NV = 2, FWD_ACC = 28, FWD_MR1 = 16, GW_ACC = 16;
-struct Vec { __m512 v; };
-inline Vec vzero() { return {_mm512_setzero_ps()}; }
-inline Vec vload(const float* p) { return {_mm512_loadu_ps(p)}; }
-inline Vec vbroadcast(const float* p) { return {_mm512_set1_ps(*p)}; }
-inline Vec vfma(Vec a, Vec b, Vec c) { return {_mm512_fmadd_ps(a.v, b.v, c.v)}; }
-inline Vec vadd(Vec a, Vec b) { return {_mm512_add_ps(a.v, b.v)}; }
-inline void vstore(float* p, Vec a) { _mm512_storeu_ps(p, a.v); }
-inline void vstream(float* p, Vec a) { _mm512_stream_ps(p, a.v); }  // p on a 64-byte boundary
-inline void stream_fence() { _mm_sfence(); }
-// dst[c * ldd + r] = src[r * lds + c] for r, c < VL.
-inline void transpose_tile(const float* src, int64_t lds, float* dst, int64_t ldd) { transpose16(src, lds, dst, ldd); }
-#elif defined(SK_KERNELS_AVX2)
-constexpr int VL = 8, MAX_NV = 2, FWD_MAX_NV = 2, FWD_ACC = 12, FWD_MR1 = 12, GW_ACC = 8;
-struct Vec { __m256 v; };
-inline Vec vzero() { return {_mm256_setzero_ps()}; }
-inline Vec vload(const float* p) { return {_mm256_loadu_ps(p)}; }
-inline Vec vbroadcast(const float* p) { return {_mm256_broadcast_ss(p)}; }
-inline Vec vfma(Vec a, Vec b, Vec c) { return {_mm256_fmadd_ps(a.v, b.v, c.v)}; }
-inline Vec vadd(Vec a, Vec b) { return {_mm256_add_ps(a.v, b.v)}; }
-inline void vstore(float* p, Vec a) { _mm256_storeu_ps(p, a.v); }
-inline void vstream(float* p, Vec a) { _mm256_stream_ps(p, a.v); }  // p on a 32-byte boundary
-inline void stream_fence() { _mm_sfence(); }
-// dst[c * ldd + r] = src[r * lds + c] for r, c < VL (as the AVX-512 one, one lane exchange).
-inline void transpose_tile(const float* src, int64_t lds, float* dst, int64_t ldd) {
-  __m256 r[8], t[8];
-  for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(src + i * lds);
-  for (int i = 0; i < 8; i += 2) {
-    t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
-    t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
-  }
-  for (int i = 0; i < 8; i += 4) {
-    r[i] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(1, 0, 1, 0));
-    r[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(3, 2, 3, 2));
-    r[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(1, 0, 1, 0));
-    r[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(3, 2, 3, 2));
-  }
-  for (int i = 0; i < 4; ++i) {
-    _mm256_storeu_ps(dst + i * ldd, _mm256_permute2f128_ps(r[i], r[i + 4], 0x20));
-    _mm256_storeu_ps(dst + (i + 4) * ldd, _mm256_permute2f128_ps(r[i], r[i + 4], 0x31));
-  }
-}
+constexpr int MAX_NV = 4, FWD_MAX_NV = 2, FWD_ACC = 28, FWD_MR1 = 16, GW_ACC = 16;
 #else
-// Portable: plain loops the compiler may vectorise for the baseline ISA.
-constexpr int VL = 8, MAX_NV = 2, FWD_MAX_NV = 2, FWD_ACC = 12, FWD_MR1 = 12, GW_ACC = 8;
-struct Vec { float v[VL]; };
-inline Vec vzero() { Vec r; for (int l = 0; l < VL; ++l) r.v[l] = 0.f; return r; }
-inline Vec vload(const float* p) { Vec r; for (int l = 0; l < VL; ++l) r.v[l] = p[l]; return r; }
-inline Vec vbroadcast(const float* p) { Vec r; for (int l = 0; l < VL; ++l) r.v[l] = *p; return r; }
-inline Vec vfma(Vec a, Vec b, Vec c) { for (int l = 0; l < VL; ++l) c.v[l] += a.v[l] * b.v[l]; return c; }
-inline Vec vadd(Vec a, Vec b) { for (int l = 0; l < VL; ++l) a.v[l] += b.v[l]; return a; }
-inline void vstore(float* p, Vec a) { for (int l = 0; l < VL; ++l) p[l] = a.v[l]; }
-inline void vstream(float* p, Vec a) { vstore(p, a); }
-inline void stream_fence() {}
-inline void transpose_tile(const float* src, int64_t lds, float* dst, int64_t ldd) {
-  for (int r = 0; r < VL; ++r)
-    for (int c = 0; c < VL; ++c) dst[c * ldd + r] = src[r * lds + c];
-}
+constexpr int MAX_NV = 2, FWD_MAX_NV = 2, FWD_ACC = 12, FWD_MR1 = 12, GW_ACC = 8;
 #endif
 
 inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
@@ -113,20 +52,6 @@ inline int vectors_for(int64_t side, int max_nv = MAX_NV) { return static_cast<i
 // (a broadcast per accumulator there, and the loads, not the FMAs, would bound it).
 constexpr int fwd_rows(int nv) { return nv == 1 ? FWD_MR1 : FWD_ACC / nv; }
 
-inline float bf16_to_float(uint16_t h) {
-  const uint32_t bits = static_cast<uint32_t>(h) << 16;
-  float f;
-  __builtin_memcpy(&f, &bits, sizeof f);
-  return f;
-}
-
-inline uint16_t float_to_bf16(float f) {  // round to nearest even, NaN kept quiet
-  uint32_t bits;
-  __builtin_memcpy(&bits, &f, sizeof bits);
-  if ((bits & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((bits >> 16) | 0x40u);
-  bits += 0x7fffu + ((bits >> 16) & 1u);
-  return static_cast<uint16_t>(bits >> 16);
-}
 
 inline float load_element(const StridedMatrix& w, int64_t offset) {
   if (w.dtype == DType::kFloat32) return static_cast<const float*>(w.data)[offset];

@@ -179,7 +179,7 @@ def _main(args) -> int:
     import torch
 
     from . import machine, projection, report
-    from .runner import run_sweep
+    from .runner import SweepInterrupted, run_sweep
 
     if args.threads is not None:
         if args.threads < 1:
@@ -214,8 +214,14 @@ def _main(args) -> int:
           + (f"; projection: {', '.join(projection_backends) or 'none'} vs torch-topk"
              if "projection" in sweep.passes else "")
           + f"; {len(sweep.cases())} cases x {sweep.repeats} repeats (median, interleaved)")
-    rows = run_sweep(sweep, backends=backends, peers=peers, projection_backends=projection_backends, device=device,
-                     seed=args.seed, progress=not args.no_progress)
+    try:
+        rows = run_sweep(sweep, backends=backends, peers=peers, projection_backends=projection_backends,
+                         device=device, seed=args.seed, progress=not args.no_progress)
+        interrupted = None
+    except SweepInterrupted as err:  # save what was measured (gpu-check's time limit interrupts)
+        rows, interrupted = err.rows, str(err)
+        meta["interrupted"] = interrupted
+        print(f"\n{PROG}: {interrupted}; saving those", file=sys.stderr)
 
     print()
     print(report.pass_tables(rows))
@@ -237,7 +243,7 @@ def _main(args) -> int:
         print(f"\nERROR: {len(wrong)} result(s) failed or differ from the reference: see the WRONG/ERROR rows",
               file=sys.stderr)
         return 1
-    return 0
+    return 130 if interrupted else 0
 
 
 if __name__ == "__main__":

@@ -43,6 +43,7 @@ import xml.etree.ElementTree as ET
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 BUDGET_S = 460  # the whole run, build included: under 8 minutes on an H200
+INTERRUPT_GRACE_S = 15  # a stage past its limit gets this long to save what it has
 
 # Test modules that run on the GPU, with the pytest arguments that select their GPU tests
 # (tests/test_gpu_check.py checks that every module that needs a GPU is listed here).
@@ -57,11 +58,11 @@ GPU_TEST_MODULES = {
 # The GPU benchmark: a few densities and block sides at one large shape, both passes that
 # matter for training; every backend that can run plus cuBLAS (dense) and torch's CSR.
 BENCH_ARGS = ["--device", "cuda", "--dtypes", "bf16,fp16,tf32,fp32", "--shapes", "8192x4096x4096",
-              "--densities", "0.0625,0.25", "--block-sizes", "32,64,128", "--passes", "forward,backward",
+              "--densities", "0.0625,0.25", "--block-sizes", "32,128", "--passes", "forward,backward",
               "--peers", "csr", "--repeats", "10", "--warmup", "2", "--no-progress", "--no-plot"]
 
 # (stage kind, its own limit in seconds, the least it is worth starting with)
-LIMITS = {"probe": (60, 10), "build": (240, 60), "extension": (60, 10), "tests": (150, 20), "bench": (150, 40)}
+LIMITS = {"probe": (60, 10), "build": (240, 60), "extension": (60, 10), "tests": (170, 20), "bench": (150, 40)}
 
 PROBE = r"""
 import json, torch
@@ -89,6 +90,12 @@ for dtype in (torch.bfloat16, torch.float16, torch.float32):
     info[f"matmul_backends_{name}"] = sparsekern.available_backends("cuda", dtype)
     info[f"projection_backends_{name}"] = sparsekern.projection_backends("cuda", dtype)
 print("EXTENSION " + json.dumps(info, default=str))
+# On a GPU machine the CUDA C++ kernels must have been built: without them every test of the
+# cuda backend would skip and the run would look green.
+missing = [k for k, v in info.items() if "_backends_" in k and "cuda" not in v]
+if missing:
+    raise SystemExit("the cuda backend cannot run on this GPU (" + ", ".join(missing) + "): "
+                     + str(info["why_not"] or info["built_with"]))
 """
 
 
@@ -107,6 +114,7 @@ class Run:
         self.env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
                         PYTHONUNBUFFERED="1")
         self.env.pop("TRITON_INTERPRET", None)  # the GPU, not the interpreter
+        self.env["SPARSEKERN_EXPECT_CUDA"] = "1"  # the GPU tests then insist on the cuda backend
 
     def stage_limit(self, kind: str, later: list[str]) -> float:
         """This stage's limit: its own, or less so that the later stages keep their minimum."""
@@ -137,8 +145,10 @@ class Run:
 def run_limited(command: list[str], limit_s: float, log_path: str, env: dict, cwd: str) -> dict:
     """Run ``command`` for at most ``limit_s`` seconds, its output into ``log_path``.
 
-    A command past its limit is ended with its whole process group (pytest's workers, ninja's
-    compilers), so nothing it started keeps the GPU busy for the next stage.
+    A command past its limit is interrupted (SIGINT: pytest then still writes its JUnit report
+    of the tests so far, and the benchmark saves the cases it finished), then, after a grace
+    period, ended with its whole process group (pytest's workers, ninja's compilers), so nothing
+    it started keeps the GPU busy for the next stage.
     """
     t0 = time.monotonic()
     with open(log_path, "wb") as log:
@@ -148,7 +158,7 @@ def run_limited(command: list[str], limit_s: float, log_path: str, env: dict, cw
             rc = proc.wait(timeout=limit_s)
             status = "passed" if rc == 0 else "failed"
         except subprocess.TimeoutExpired:
-            for sig, grace in ((signal.SIGTERM, 5), (signal.SIGKILL, 5)):
+            for sig, grace in ((signal.SIGINT, INTERRUPT_GRACE_S), (signal.SIGTERM, 5), (signal.SIGKILL, 5)):
                 try:
                     os.killpg(proc.pid, sig)
                 except ProcessLookupError:
@@ -178,7 +188,7 @@ def _gpu_arch(capability) -> str:
     return f"{major}.{minor}a" if major >= 9 else f"{major}.{minor}"
 
 
-def run_all(python: str, out_dir: str, budget_s: float = BUDGET_S) -> int:
+def run_all(python: str, out_dir: str, budget_s: float = BUDGET_S, modules=None, bench=True) -> int:
     run = Run(python, out_dir, budget_s)
     machine = run.report["machine"]
     probe = run.stage("probe", "probe", [python, "-c", PROBE], later=["build", "extension", "tests", "bench"],
@@ -204,19 +214,22 @@ def run_all(python: str, out_dir: str, budget_s: float = BUDGET_S) -> int:
     ext = run.stage("extension", "extension", [python, "-c", EXTENSION], later=["tests", "bench"])
     machine["extension"] = _marked_json(_read(ext["log"]), "EXTENSION")
 
-    modules = list(GPU_TEST_MODULES)
+    modules = [m for m in GPU_TEST_MODULES if modules is None or any(part in m for part in modules)]
     for i, module in enumerate(modules):
         xml_path = os.path.join(run.work, os.path.basename(module) + ".xml")
         command = [python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rfEs", f"--junitxml={xml_path}",
                    module, *GPU_TEST_MODULES[module]]
-        later = ["tests"] * (len(modules) - i - 1) + ["bench"]
+        later = ["tests"] * (len(modules) - i - 1) + (["bench"] if bench else [])
         record = run.stage(f"tests:{module}", "tests", command, later=later)
-        run.report["tests"] += parse_junit(xml_path, module, record["status"])
+        outcomes = parse_junit(xml_path, module, record["status"])
+        record["status"] = module_status(record["status"], outcomes)
+        run.report["tests"] += outcomes
         run.write()
 
-    bench_dir = os.path.join(run.work, "bench")
-    run.stage("bench", "bench", [python, "-m", "sparsekern.bench", *BENCH_ARGS, "--out", bench_dir], later=[])
-    run.report["bench"] = _load_bench(bench_dir)
+    if bench:
+        bench_dir = os.path.join(run.work, "bench")
+        run.stage("bench", "bench", [python, "-m", "sparsekern.bench", *BENCH_ARGS, "--out", bench_dir], later=[])
+        run.report["bench"] = _load_bench(bench_dir)
     run.report["finished"] = _now()
     run.write()
     failed = [s["name"] for s in run.report["stages"] if s["status"] != "passed"]
@@ -226,6 +239,14 @@ def run_all(python: str, out_dir: str, budget_s: float = BUDGET_S) -> int:
     return 1 if failed or bad_tests else 0
 
 
+def module_status(stage_status: str, outcomes: list[dict]) -> str:
+    """A test stage's status: pytest's, except that a module none of whose tests passed has
+    checked nothing on a GPU machine (every test skipped): "failed"."""
+    if stage_status == "passed" and not any(t["outcome"] == "passed" for t in outcomes):
+        return "failed"
+    return stage_status
+
+
 def parse_junit(path: str, module: str, stage_status: str) -> list[dict]:
     """Each test's outcome from pytest's JUnit XML; a module that left no XML (it timed out or
     did not start) becomes one entry saying so."""
@@ -233,7 +254,12 @@ def parse_junit(path: str, module: str, stage_status: str) -> list[dict]:
         return [{"module": module, "name": "(module)", "outcome": "not run" if stage_status == "skipped" else
                  stage_status, "time_s": None, "message": "no JUnit report (the stage did not finish)"}]
     tests = []
-    for case in ET.parse(path).getroot().iter("testcase"):
+    try:
+        root = ET.parse(path).getroot()
+    except ET.ParseError as err:
+        return [{"module": module, "name": "(module)", "outcome": "error", "time_s": None,
+                 "message": f"unreadable JUnit report: {err}"}]
+    for case in root.iter("testcase"):
         outcome, message = "passed", ""
         for child in case:
             if child.tag in ("failure", "error", "skipped"):
@@ -324,16 +350,21 @@ def bench_markdown(bench: dict | None) -> list[str]:
         out += [f"### {pass_}", "", "| dtype | MxNxK | block | density | impl | ms | useful TFLOP/s | x dense | check |",
                 "|---|---|---|---|---|---|---|---|---|"]
         for r in (r for r in rows if r["pass"] == pass_):
-            ok = r["status"] == "ok"
-            out.append(
-                f"| {r['dtype']} | {r['m']}x{r['n']}x{r['k']} | {r['block']} | {r['density']:g} | {r['impl']} | "
-                + (f"{r['time_ms']:.4g} | {r['tflops']:.3g} | {r['speedup']:.2f} | ok |" if ok and r.get('time_ms')
-                   else f"- | - | - | {r['status']}: {' '.join(str(r.get('note', '')).split())[:120]} |"))
+            cells = f"| {r['dtype']} | {r['m']}x{r['n']}x{r['k']} | {r['block']} | {r['density']:g} | {r['impl']} |"
+            if r["status"] == "ok":
+                out.append(f"{cells} {_num(r.get('time_ms'), '.4g')} | {_num(r.get('tflops'), '.3g')} | "
+                           f"{_num(r.get('speedup'), '.2f')} | ok |")
+            else:
+                out.append(f"{cells} - | - | - | {r['status']}: {' '.join(str(r.get('note', '')).split())[:120]} |")
         out.append("")
     return out
 
 
 # ------------------------------------------------------------------ helpers
+def _num(value, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
 def _read(path: str | None, limit: int | None = None) -> str:
     if not path or not os.path.exists(path):
         return ""
@@ -385,8 +416,12 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=os.environ.get("OUT") or os.path.join(ROOT, "bench-results"),
                    help="where the report goes (default: $OUT, else bench-results/)")
     p.add_argument("--budget", type=float, default=BUDGET_S, help=f"seconds for the whole run (default {BUDGET_S})")
+    p.add_argument("--modules", help="comma-separated parts of test module names: run only those (a second, "
+                                     "shorter run)")
+    p.add_argument("--no-bench", action="store_true", help="skip the benchmark stage")
     args = p.parse_args(argv)
-    return run_all(args.python, args.out, args.budget)
+    modules = [m.strip() for m in args.modules.split(",") if m.strip()] if args.modules else None
+    return run_all(args.python, args.out, args.budget, modules=modules, bench=not args.no_bench)
 
 
 if __name__ == "__main__":

@@ -118,15 +118,35 @@ def run_sweep(sweep: Sweep, *, backends, peers, projection_backends, device, see
     rows = []
     cases = sweep.cases()
     with tqdm(cases, desc="sparsekern-bench", unit="case", disable=not progress, dynamic_ncols=True) as bar:
-        for i, case in enumerate(bar):
-            bar.set_postfix_str(f"{case.pass_} {case.dtype} {case.shape} {case.block[0]}x{case.block[1]} "
-                                f"d={case.density:g}")
-            if case.pass_ == "projection":
-                rows += run_projection_case(case, projection_backends, device, sweep.repeats, sweep.warmup,
-                                            seed + i, sweep.budget_s)
-            else:
-                rows += run_linear_case(case, backends, peers, device, sweep.repeats, sweep.warmup, seed + i,
-                                        sweep.budget_s)
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
+        try:
+            _run_cases(bar, rows, backends, peers, projection_backends, device, sweep, seed)
+        except KeyboardInterrupt:
+            raise SweepInterrupted(rows, len(cases)) from None
     return rows
+
+
+class SweepInterrupted(Exception):
+    """Ctrl-C (or gpu-check's time limit) during a sweep: ``rows`` of the cases finished."""
+
+    def __init__(self, rows: list[dict], total: int):
+        super().__init__(f"interrupted after {len({_case_key(r) for r in rows})} of {total} cases")
+        self.rows = rows
+
+
+def _case_key(row: dict) -> tuple:
+    return row["pass"], row["dtype"], row["m"], row["n"], row["k"], row["block"], row["density"]
+
+
+def _run_cases(bar, rows, backends, peers, projection_backends, device, sweep, seed) -> None:
+    """Each case in turn, its rows appended to ``rows`` as soon as it is done."""
+    for i, case in enumerate(bar):
+        bar.set_postfix_str(f"{case.pass_} {case.dtype} {case.shape} {case.block[0]}x{case.block[1]} "
+                            f"d={case.density:g}")
+        if case.pass_ == "projection":
+            rows += run_projection_case(case, projection_backends, device, sweep.repeats, sweep.warmup,
+                                        seed + i, sweep.budget_s)
+        else:
+            rows += run_linear_case(case, backends, peers, device, sweep.repeats, sweep.warmup, seed + i,
+                                    sweep.budget_s)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()

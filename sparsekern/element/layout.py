@@ -1,0 +1,116 @@
+"""ElementLayout: which entries of a dense ``[out_features, in_features]`` weight are nonzero.
+
+It owns the indices the element kernels walk, built once on the layout's device:
+
+* row-major (CSR): ``row_ptr`` [out + 1] and ``col_idx`` [nnz], columns ascending within a
+  row; the forward pass and the weight gradient walk it;
+* column-major (CSC, the transposed index): ``col_ptr`` [in + 1] and ``row_idx`` [nnz], rows
+  ascending within a column; the input gradient walks it with the forward kernel.
+
+Indices are int32; the pointers are int32 while the nonzeros fit (below 2^31), int64 beyond.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..layout import _check_shape, check_density, count_for_density
+
+_INT32_MAX = 2**31 - 1
+
+
+def _pointers(counts: torch.Tensor, nnz: int) -> torch.Tensor:
+    dtype = torch.int32 if nnz <= _INT32_MAX else torch.int64
+    ptr = torch.zeros(counts.numel() + 1, dtype=dtype, device=counts.device)
+    torch.cumsum(counts, 0, out=ptr[1:])
+    return ptr
+
+
+class ElementLayout:
+    """The set of nonzero entries of a ``[out_features, in_features]`` weight."""
+
+    def __init__(self, mask: torch.Tensor):
+        if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
+            raise TypeError(f"mask must be a bool tensor, got {getattr(mask, 'dtype', type(mask).__name__)}")
+        if mask.dim() != 2:
+            raise ValueError(f"mask must be 2-D [out_features, in_features], got shape {tuple(mask.shape)}")
+        self.shape = _check_shape(tuple(mask.shape), "mask.shape")
+        out_features, in_features = self.shape
+        if max(out_features, in_features) > _INT32_MAX:
+            raise ValueError(f"mask.shape sides must be below 2^31, got {self.shape}")
+        # nonzero() lists entries in row-major order: columns ascending within each row.
+        rows, cols = mask.nonzero(as_tuple=True)
+        self.nnz = int(cols.numel())
+        self.col_idx = cols.to(torch.int32)
+        self.row_ptr = _pointers(mask.sum(1, dtype=torch.int64), self.nnz)
+        # The transposed index: the same entries listed per column, rows ascending.
+        self.row_idx = mask.t().nonzero(as_tuple=True)[1].to(torch.int32)
+        self.col_ptr = _pointers(mask.sum(0, dtype=torch.int64), self.nnz)
+
+    # ----------------------------------------------------------------- builders
+    @classmethod
+    def from_mask(cls, mask: torch.Tensor) -> "ElementLayout":
+        """The entries where ``mask`` (bool, or anything nonzero) is true."""
+        if isinstance(mask, torch.Tensor) and mask.dtype != torch.bool:
+            mask = mask != 0
+        return cls(mask)
+
+    @classmethod
+    def from_weight(cls, weight: torch.Tensor) -> "ElementLayout":
+        """The nonzero entries of ``weight`` (NaN counts as nonzero)."""
+        if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
+            raise ValueError(f"weight must be a 2-D tensor, got {getattr(weight, 'shape', type(weight).__name__)}")
+        return cls(weight.detach() != 0)
+
+    @classmethod
+    def random(cls, shape, density, *, generator=None, device=None) -> "ElementLayout":
+        """Exactly ``count_for_density(density, out * in)`` nonzeros, placed uniformly at random."""
+        out_features, in_features = _check_shape(shape)
+        n = out_features * in_features
+        chosen = torch.randperm(n, generator=generator)[: count_for_density(check_density(density), n)]
+        flat = torch.zeros(n, dtype=torch.bool)
+        flat[chosen] = True
+        return cls(flat.view(out_features, in_features).to(device))
+
+    # -------------------------------------------------------------- properties
+    @property
+    def density(self) -> float:
+        return self.nnz / (self.shape[0] * self.shape[1])
+
+    @property
+    def device(self) -> torch.device:
+        return self.col_idx.device
+
+    def rows(self) -> torch.Tensor:
+        """The row of each nonzero, in CSR order (int64)."""
+        counts = (self.row_ptr[1:] - self.row_ptr[:-1]).long()
+        return torch.repeat_interleave(torch.arange(self.shape[0], device=self.device), counts)
+
+    def to_mask(self) -> torch.Tensor:
+        mask = torch.zeros(self.shape, dtype=torch.bool, device=self.device)
+        mask[self.rows(), self.col_idx.long()] = True
+        return mask
+
+    def to(self, device) -> "ElementLayout":
+        device = torch.device(device)
+        if device == self.device:
+            return self
+        return ElementLayout(self.to_mask().to(device))
+
+    def index_tensors(self) -> tuple[torch.Tensor, ...]:
+        """``(row_ptr, col_idx, col_ptr, row_idx)``, the order the ops take them."""
+        return self.row_ptr, self.col_idx, self.col_ptr, self.row_idx
+
+    # ----------------------------------------------------------------- dunder
+    def __eq__(self, other) -> bool:
+        if not isinstance(other, ElementLayout):
+            return NotImplemented
+        return (self.shape == other.shape and self.nnz == other.nnz
+                and torch.equal(self.row_ptr.cpu().long(), other.row_ptr.cpu().long())
+                and torch.equal(self.col_idx.cpu(), other.col_idx.cpu()))
+
+    __hash__ = None  # mutable-content semantics, as BlockLayout
+
+    def __repr__(self) -> str:
+        return (f"ElementLayout(shape={self.shape}, nnz={self.nnz}/{self.shape[0] * self.shape[1]}, "
+                f"density={self.density:.4g}, device={self.device})")
