@@ -21,7 +21,7 @@ import torch
 
 from sparsekern.backends import backend_names, get_backend
 from sparsekern.bench import impls
-from sparsekern.bench.cases import Case, Shape
+from sparsekern.bench.cases import ELEMENT, Case, Shape
 from sparsekern.bench.suite import bench_device, case_id, headline_cases, prepare, run
 
 
@@ -52,6 +52,12 @@ TARGETS = [
     Case("backward", TARGET_SHAPE, (32, 32), 1 / 16, "bf16"),
 ] if DEVICE.type == "cpu" else []
 
+# The element format's targets (issue 11): x[2048, 2048] @ W[8192, 2048].T in fp32, the forward
+# and forward + backward at densities 1/16, 1/64 and 1/256, against dense and torch CSR.
+ELEMENT_SHAPE = Shape(2048, 8192, 2048)
+ELEMENT_TARGETS = [Case(pass_, ELEMENT_SHAPE, ELEMENT, density, "fp32")
+                   for pass_ in ("forward", "forward+backward") for density in (1 / 16, 1 / 64, 1 / 256)
+                   ] if DEVICE.type == "cpu" else []
 
 
 @pytest.mark.skipif(not BACKENDS, reason=f"no sparsekern backend can time {DEVICE.type} tensors here")
@@ -70,3 +76,12 @@ def test_target(benchmark, device, case, impl_name):
     impl = impls.by_name(impl_name)
     fn, problem = prepare(case, impl, device)
     run(benchmark, case, impl_name, fn, problem, device, rounds=7)
+
+
+@pytest.mark.skipif(not ELEMENT_TARGETS, reason="the element format's targets are CPU cases")
+@pytest.mark.parametrize("impl_name", ["dense", "cpu", "torch-csr"])
+@pytest.mark.parametrize("case", ELEMENT_TARGETS or [None], ids=lambda c: "element-" + case_id(c) if c else "none")
+def test_element_target(benchmark, device, case, impl_name):
+    impl = impls.by_name(impl_name)
+    fn, problem = prepare(case, impl, device)
+    run(benchmark, case, impl_name, fn, problem, device, rounds=5)

@@ -315,7 +315,8 @@ Tensor element_dense_sparse(const Tensor& a, const Tensor& w, const std::optiona
   if (bias.has_value()) bias32 = bias->to(at::kFloat).contiguous();
   cpu::ElementDenseSparse p{a32.data_ptr<float>(), a.size(0), leading_dim(a32), strided(w),
                             bias32.defined() ? bias32.data_ptr<float>() : nullptr, ptr64.data_ptr<int64_t>(),
-                            ind.data_ptr<int32_t>(), ind.numel(), y32.data_ptr<float>(), y32.size(1)};
+                            ind.data_ptr<int32_t>(), ind.numel(), y32.data_ptr<float>(), y32.size(1),
+                            at::in_parallel_region() ? 1 : at::get_num_threads()};
   TORCH_CHECK(cpu::esmm_dense_sparse(p, torch_parallel_for), "sparsekern cpu: out of memory for scratch buffers");
   return finish(y32, a, out);
 }

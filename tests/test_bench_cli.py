@@ -264,6 +264,33 @@ def test_static_cuda_hook(monkeypatch):
     assert static.collect({"cuda": static.cuda_rows}) == ([], ["CUDA C++ kernels: nvcc not found"])
 
 
+def test_element_format_sweep_checks_every_row_and_reports_the_roofline(tmp_path):
+    out = _bench(["--format", "element", "--device", "cpu", "--shapes", "48x96x80", "--densities", "0.05,0.5",
+                  "--repeats", "2", "--warmup", "1", "--no-progress", "--no-plot", "--out", "res"], tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    (path,) = (tmp_path / "res").glob("*.json")
+    rows = json.load(open(path))["rows"]
+    assert {r["block"] for r in rows} == {"element"}
+    assert {r["pass"] for r in rows} == {"forward", "backward", "forward+backward"}
+    for r in rows:
+        if r["impl"] == "torch-bsr":
+            assert r["status"] == "n/a" and "needs blocks" in r["note"]
+        elif r["kind"] in ("dense", "sparsekern"):
+            assert r["status"] == "ok" and r["verified"], r
+            # the roofline: dense time over max(density x dense time, the memory floor)
+            dense = next(d for d in rows if d["impl"] == "dense" and d["pass"] == r["pass"]
+                         and d["density"] == r["density"])
+            roof_ms = max(r["element_density"] * dense["time_ms"], r["floor_ms"])
+            assert r["roofline"] == pytest.approx(dense["time_ms"] / roof_ms)
+            assert r["of_roofline"] == pytest.approx(roof_ms / r["time_ms"])
+    assert "roofline" in out.stdout and "% roofline" in out.stdout
+
+
+def test_element_format_refuses_blocks():
+    with pytest.raises(SystemExit):
+        cli.main(["--format", "element", "--block-sizes", "32"])
+
+
 def test_an_interrupted_sweep_saves_the_cases_it_finished(tmp_path):
     # gpu-check ends a benchmark past its time limit with SIGINT: what was measured is saved.
     import signal

@@ -106,6 +106,31 @@ def test_every_cpu_isa(isa):
         set_cpu_isa(previous)
 
 
+@pytest.mark.skipif("cpu" not in COMPILED, reason="the compiled extension is not built")
+@pytest.mark.parametrize("min_nv", ["1", "8"])
+def test_every_tile_width_and_chunking(min_nv):
+    # The kernels' own choice of tile width depends on the density; SPARSEKERN_ESMM_MIN_NV (read
+    # once per process) forces the narrowest tiles (no chunks) or the widest (the most chunks),
+    # in both work splits: shared tiles (few rows of M) and tiles dealt to threads (many).
+    import os
+    import subprocess
+    import sys
+
+    script = """
+import torch, sparsekern
+from linear_cases import run_element_case
+for shape, M, density in (((70, 3000), 5, 0.02), ((70, 3000), 600, 0.02), ((2500, 40), 300, 0.1), ((33, 257), 77, 0.5)):
+    layout = sparsekern.ElementLayout.random(shape, density, generator=torch.Generator().manual_seed(M))
+    for dtype in (torch.float32, torch.bfloat16):
+        run_element_case("cpu", dtype, M, layout, seed=M)
+print("checked")
+"""
+    here = os.path.dirname(os.path.abspath(__file__))
+    env = dict(os.environ, SPARSEKERN_ESMM_MIN_NV=min_nv, PYTHONPATH=here + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    out = subprocess.run([sys.executable, "-c", script], env=env, cwd=here, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and "checked" in out.stdout, out.stderr[-3000:]
+
+
 @settings(max_examples=25, deadline=None)
 @given(n=st.integers(1, 90), k=st.integers(1, 90), m=st.integers(1, 70), density=st.floats(0, 1),
        seed=st.integers(0, 2**16), bias=st.booleans())

@@ -7,13 +7,17 @@
 
 #include <unistd.h>
 
+#include <cstdint>
+#include <cstdlib>
+
 #define SK_DECLARE_KERNELS(ns)                                                                             \
   namespace sparsekern {                                                                                   \
   namespace cpu {                                                                                          \
   namespace ns {                                                                                           \
   int64_t element_tile_rows(int64_t width, int64_t tile_bytes);                                            \
-  void element_dense_sparse(const ElementDenseSparse& p, ParallelFor parallel_for, int64_t tile_bytes,    \
-                            const float* vals, float* at);                                                 \
+  void element_plan(int64_t width, int64_t tile_bytes, int min_nv, int64_t* mt, int64_t* chunk);          \
+  void element_dense_sparse(const ElementDenseSparse& p, ParallelFor parallel_for, const ElementPlan& plan, \
+                            const float* vals);                                                            \
   void element_sampled(const ElementSampled& p, ParallelFor parallel_for, int64_t tile_bytes, float* xt,  \
                        float* dyt, float* sums);                                                           \
   }                                                                                                        \
@@ -50,9 +54,20 @@ int64_t tile_rows(Isa isa, int64_t width) {
   }
 }
 
+void plan_tiles(Isa isa, int64_t width, int min_nv, int64_t* mt, int64_t* chunk) {
+  switch (isa) {
+    case Isa::kAmx:
+    case Isa::kAvx512: return avx512::element_plan(width, tile_bytes(), min_nv, mt, chunk);
+    case Isa::kAvx2: return avx2::element_plan(width, tile_bytes(), min_nv, mt, chunk);
+    default: return portable::element_plan(width, tile_bytes(), min_nv, mt, chunk);
+  }
+}
+
 struct PackTask {
   const ElementDenseSparse* p;
   float* vals;
+  int64_t* split;  // null, or [n_out][chunks + 1] (see ElementPlan)
+  int64_t chunk, chunks;
 };
 
 // vals[j] = w[row of j, idx[j]] for the rows [begin, end): one pass over the nonzeros, so the
@@ -60,7 +75,7 @@ struct PackTask {
 void pack_task(void* ctx, int64_t begin, int64_t end) {
   const auto& c = *static_cast<const PackTask*>(ctx);
   const StridedMatrix& w = c.p->w;
-  for (int64_t r = begin; r < end; ++r)
+  for (int64_t r = begin; r < end; ++r) {
     for (int64_t j = c.p->ptr[r]; j < c.p->ptr[r + 1]; ++j) {
       const int64_t at = r * w.stride_row + static_cast<int64_t>(c.p->idx[j]) * w.stride_col;
       if (w.dtype == DType::kFloat32) {
@@ -70,24 +85,69 @@ void pack_task(void* ctx, int64_t begin, int64_t end) {
         __builtin_memcpy(&c.vals[j], &bits, sizeof(float));
       }
     }
+    if (c.split == nullptr) continue;
+    // Where each chunk's nonzeros begin in row r (its columns ascend).
+    int64_t* split = c.split + r * (c.chunks + 1);
+    int64_t j = c.p->ptr[r];
+    for (int64_t q = 0; q < c.chunks; ++q) {
+      while (j < c.p->ptr[r + 1] && c.p->idx[j] < q * c.chunk) ++j;
+      split[q] = j;
+    }
+    split[c.chunks] = c.p->ptr[r + 1];
+  }
+}
+
+// SPARSEKERN_ESMM_MIN_NV (1, 2, 4 or 8; for tests and tuning): the least vectors of M per tile
+// before the reduction is split into chunks, instead of the choice below; 0 when unset.
+int forced_min_vectors() {
+  static const int v = [] {
+    const char* env = std::getenv("SPARSEKERN_ESMM_MIN_NV");
+    const int n = env ? std::atoi(env) : 0;
+    return n == 1 || n == 2 || n == 4 || n == 8 ? n : 0;
+  }();
+  return v;
+}
+
+// Wider tiles of M (more vectors per nonzero) need more chunks of the reduction to stay in L2,
+// and each chunk costs a row its running sums' load and store: the widest tiles whose chunks
+// still hold about 48 nonzeros a row, at least 2 vectors (1 was never faster). Measured on a
+// 2-core EPYC (AVX2, 512 KiB L2) at x[2048, 2048] @ W[8192, 2048].T: 4 vectors won at density
+// 1/16 (64 nonzeros a row and chunk), 2 at 1/64 and below (16).
+void choose_tiles(Isa isa, const ElementDenseSparse& p, int64_t* mt, int64_t* chunk) {
+  if (const int forced = forced_min_vectors()) return plan_tiles(isa, p.w.cols, forced, mt, chunk);
+  for (int min_nv : {8, 4, 2}) {
+    plan_tiles(isa, p.w.cols, min_nv, mt, chunk);
+    const int64_t chunks = (p.w.cols + *chunk - 1) / *chunk;
+    if (min_nv == 2 || p.nnz >= 48 * p.w.rows * chunks) return;
+  }
 }
 
 }  // namespace
 
 bool esmm_dense_sparse(const ElementDenseSparse& p, ParallelFor parallel_for) {
   const Isa isa = active_isa();
-  const int64_t mt = tile_rows(isa, p.w.cols);
+  ElementPlan plan{};
+  choose_tiles(isa, p, &plan.mt, &plan.chunk);
+  plan.chunks = (p.w.cols + plan.chunk - 1) / plan.chunk;
+  const int64_t tiles = (p.m + plan.mt - 1) / plan.mt;
+  // Enough tiles for every thread: deal them out, one parallel region for the whole product.
+  plan.workers = p.threads <= 1 || tiles >= 2 * p.threads ? (p.threads > 1 ? p.threads : 1) : 0;
+  const int64_t per_set = (plan.chunk + p.w.rows) * plan.mt;
+  const int64_t split_words = plan.chunks > 1 ? p.w.rows * (plan.chunks + 1) : 0;  // int64, as 2 floats
   thread_local KeptScratch kept;
-  float* const vals = kept.at_least(p.nnz + p.w.cols * mt);
+  float* const vals = kept.at_least(p.nnz + 2 * split_words + (plan.workers > 0 ? plan.workers : 1) * per_set + 16);
   if (vals == nullptr) return false;
-  float* const at = vals + p.nnz;
-  PackTask pack{&p, vals};
+  int64_t* const split = split_words ? reinterpret_cast<int64_t*>(vals + ((p.nnz + 1) & ~int64_t{1})) : nullptr;
+  float* const scratch = vals + ((p.nnz + 1) & ~int64_t{1}) + 2 * split_words;
+  plan.split = split;
+  plan.scratch = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(scratch) + 63) & ~uintptr_t{63});
+  PackTask pack{&p, vals, split, plan.chunk, plan.chunks};
   parallel_for(p.w.rows, pack_task, &pack);
   switch (isa) {
     case Isa::kAmx:
-    case Isa::kAvx512: avx512::element_dense_sparse(p, parallel_for, tile_bytes(), vals, at); break;
-    case Isa::kAvx2: avx2::element_dense_sparse(p, parallel_for, tile_bytes(), vals, at); break;
-    default: portable::element_dense_sparse(p, parallel_for, tile_bytes(), vals, at); break;
+    case Isa::kAvx512: avx512::element_dense_sparse(p, parallel_for, plan, vals); break;
+    case Isa::kAvx2: avx2::element_dense_sparse(p, parallel_for, plan, vals); break;
+    default: portable::element_dense_sparse(p, parallel_for, plan, vals); break;
   }
   return true;
 }

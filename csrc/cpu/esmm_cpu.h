@@ -26,6 +26,20 @@ struct ElementDenseSparse {
   int64_t nnz;
   float* y;
   int64_t ldy;
+  int64_t threads;  // torch's, for the choice of work split
+};
+
+// How a dense x element-sparse product is split (the launcher's choice, the kernels' input):
+// tiles of mt rows of M; the reduction (a's columns) in chunks of `chunk` columns, so that a
+// transposed tile (chunk x mt floats) stays in L2; for more than one chunk, split[n * (chunks
+// + 1) + q] is where row n's nonzeros of chunk q begin. workers > 0: the tiles are dealt to that
+// many workers, each with scratch of its own (workers x (chunk + n_out) x mt floats); else each
+// tile is shared by all threads ((chunk + n_out) x mt floats).
+struct ElementPlan {
+  int64_t mt, chunk, chunks;
+  const int64_t* split;
+  int64_t workers;
+  float* scratch;
 };
 
 // dw[n, k] = dy[m, n].T @ x[m, k] at the nonzeros listed by the CSR index (ptr[n + 1],

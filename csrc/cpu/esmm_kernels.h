@@ -16,13 +16,16 @@ namespace sparsekern {
 namespace cpu {
 namespace SK_KERNELS_NS {
 
-// Rows of M per tile for a dense operand `width` columns wide, its transposed tile at most
-// tile_bytes (the launcher's choice, from the L2 size) unless one vector is wider.
+// Rows of M per tile for the weight gradient, x's transposed tile (width x MT) at most
+// tile_bytes unless one vector is wider.
 int64_t element_tile_rows(int64_t width, int64_t tile_bytes);
-// y over the tiles of M; vals[j] is the weight's value of nonzero j (packed by the launcher);
-// at (n_in x MT floats) is scratch.
-void element_dense_sparse(const ElementDenseSparse& p, ParallelFor parallel_for, int64_t tile_bytes,
-                          const float* vals, float* at);
+// The tile of M and the chunk of the reduction for a dense operand `width` columns wide: NV
+// (at most 8, at least min_nv) vectors of M, as many as keep a transposed tile within
+// tile_bytes; a chunk of the width that keeps it there at that NV (the whole width if it fits).
+void element_plan(int64_t width, int64_t tile_bytes, int min_nv, int64_t* mt, int64_t* chunk);
+// y = a @ w.T over the tiles of M as `plan` says; vals[j] is the weight's value of nonzero j.
+void element_dense_sparse(const ElementDenseSparse& p, ParallelFor parallel_for, const ElementPlan& plan,
+                          const float* vals);
 // dw; xt (k x MT), dyt (n x MT) and sums (nnz) are scratch.
 void element_sampled(const ElementSampled& p, ParallelFor parallel_for, int64_t tile_bytes, float* xt, float* dyt,
                      float* sums);
@@ -50,73 +53,128 @@ inline void transpose_rows(const float* a, int64_t lda, int64_t rows, int64_t c0
   }
 }
 
-// Columns [begin, end) of a tile of the dense operand, transposed into shared scratch.
+// Columns c0 + [begin, end) of a tile of the dense operand, transposed into shared scratch.
 struct TransposeTask {
   const float* a;
-  int64_t lda, rows, mt;
+  int64_t lda, rows, c0, mt;
   float* t;
 };
 
 void transpose_task(void* ctx, int64_t begin, int64_t end) {
   const auto& c = *static_cast<const TransposeTask*>(ctx);
-  transpose_rows(c.a, c.lda, c.rows, begin, end - begin, c.t + begin * c.mt, c.mt);
+  transpose_rows(c.a, c.lda, c.rows, c.c0 + begin, end - begin, c.t + begin * c.mt, c.mt);
 }
 
-inline void transpose_tile_of(const float* a, int64_t lda, int64_t rows, int64_t cols, float* t, int64_t mt,
-                              ParallelFor parallel_for) {
-  TransposeTask task{a, lda, rows, mt, t};
+inline void transpose_tile_of(const float* a, int64_t lda, int64_t rows, int64_t c0, int64_t cols, float* t,
+                              int64_t mt, ParallelFor parallel_for) {
+  TransposeTask task{a, lda, rows, c0, mt, t};
   parallel_for(cols, transpose_task, &task);
 }
 
 // ------------------------------------------------------------------ dense x element-sparse
+// One chunk q of the reduction for outputs [n_begin, n_end) of one tile: VL outputs at a time,
+// each accumulated over its nonzeros in the chunk in NV vectors (one per VL rows of M). The
+// running sums wait in yt ([n_out][MT]) between chunks; after the last, they go to y through a
+// register transpose.
 template <int NV>
-struct ForwardTask {
-  const ElementDenseSparse* p;
-  const float* vals;
-  const float* at;  // the tile, transposed: [n_in][MT]
-  int64_t m0, rows;
-};
-
-// Outputs [begin, end) of one tile: VL outputs at a time, each accumulated over its nonzeros
-// in NV vectors (one per VL rows of M), then written to y through a register transpose.
-template <int NV>
-void forward_task(void* ctx, int64_t begin, int64_t end) {
+void tile_chunk(const ElementDenseSparse& p, const ElementPlan& plan, const float* vals, const float* at, float* yt,
+                int64_t m0, int64_t rows, int64_t q, int64_t n_begin, int64_t n_end) {
   constexpr int64_t MT = NV * VL;
-  const auto& c = *static_cast<const ForwardTask<NV>*>(ctx);
-  const ElementDenseSparse& p = *c.p;
+  const bool first = q == 0, last = q == plan.chunks - 1;
+  const int64_t c0 = q * plan.chunk, stride = plan.chunks + 1;
   alignas(64) float buf[VL * MT];  // [output][row of the tile]
-  for (int64_t n0 = begin; n0 < end; n0 += VL) {
-    const int64_t outs = lesser(VL, end - n0);
+  for (int64_t n0 = n_begin; n0 < n_end; n0 += VL) {
+    const int64_t outs = lesser(VL, n_end - n0);
     for (int64_t i = 0; i < outs; ++i) {
       const int64_t n = n0 + i;
       Vec acc[NV];
-      const float bias = p.bias ? p.bias[n] : 0.f;
-      for (int v = 0; v < NV; ++v) acc[v] = vbroadcast(&bias);
-      for (int64_t j = p.ptr[n]; j < p.ptr[n + 1]; ++j) {
-        const Vec w = vbroadcast(c.vals + j);
-        const float* row = c.at + static_cast<int64_t>(p.idx[j]) * MT;
+      if (first) {
+        const float bias = p.bias ? p.bias[n] : 0.f;
+        for (int v = 0; v < NV; ++v) acc[v] = vbroadcast(&bias);
+      } else {
+        for (int v = 0; v < NV; ++v) acc[v] = vload(yt + n * MT + v * VL);
+      }
+      const int64_t j0 = plan.split ? plan.split[n * stride + q] : p.ptr[n];
+      const int64_t j1 = plan.split ? plan.split[n * stride + q + 1] : p.ptr[n + 1];
+      for (int64_t j = j0; j < j1; ++j) {
+        const Vec w = vbroadcast(vals + j);
+        const float* row = at + (static_cast<int64_t>(p.idx[j]) - c0) * MT;
         for (int v = 0; v < NV; ++v) acc[v] = vfma(w, vload(row + v * VL), acc[v]);
       }
-      for (int v = 0; v < NV; ++v) vstore(buf + i * MT + v * VL, acc[v]);
+      float* keep = last ? buf + i * MT : yt + n * MT;
+      for (int v = 0; v < NV; ++v) vstore(keep + v * VL, acc[v]);
     }
-    float* y = p.y + c.m0 * p.ldy + n0;
-    if (outs == VL && c.rows == MT) {
+    if (!last) continue;
+    float* y = p.y + m0 * p.ldy + n0;
+    if (outs == VL && rows == MT) {
       for (int v = 0; v < NV; ++v) transpose_tile(buf + v * VL, MT, y + v * VL * p.ldy, p.ldy);
     } else {
-      for (int64_t r = 0; r < c.rows; ++r)
+      for (int64_t r = 0; r < rows; ++r)
         for (int64_t i = 0; i < outs; ++i) y[r * p.ldy + i] = buf[i * MT + r];
     }
   }
 }
 
 template <int NV>
-void dense_sparse_tiles(const ElementDenseSparse& p, ParallelFor parallel_for, const float* vals, float* at) {
+struct DenseSparseTask {
+  const ElementDenseSparse* p;
+  const ElementPlan* plan;
+  const float* vals;
+  const float* at;
+  float* yt;
+  int64_t m0, rows, q;
+};
+
+template <int NV>
+void outputs_task(void* ctx, int64_t begin, int64_t end) {
+  const auto& c = *static_cast<const DenseSparseTask<NV>*>(ctx);
+  tile_chunk<NV>(*c.p, *c.plan, c.vals, c.at, c.yt, c.m0, c.rows, c.q, begin, end);
+}
+
+// Private mode: worker w takes tiles w, w + workers, ... with scratch of its own, so the whole
+// product is one parallel region (no barrier per tile and chunk).
+template <int NV>
+void workers_task(void* ctx, int64_t begin, int64_t end) {
   constexpr int64_t MT = NV * VL;
+  const auto& c = *static_cast<const DenseSparseTask<NV>*>(ctx);
+  const ElementDenseSparse& p = *c.p;
+  const ElementPlan& plan = *c.plan;
+  const int64_t tiles = (p.m + MT - 1) / MT;
+  for (int64_t w = begin; w < end; ++w) {
+    float* at = plan.scratch + w * (plan.chunk + p.w.rows) * MT;
+    float* yt = at + plan.chunk * MT;
+    for (int64_t t = w; t < tiles; t += plan.workers) {
+      const int64_t m0 = t * MT, rows = lesser(MT, p.m - m0);
+      for (int64_t q = 0; q < plan.chunks; ++q) {
+        const int64_t c0 = q * plan.chunk;
+        transpose_rows(p.a + m0 * p.lda, p.lda, rows, c0, lesser(plan.chunk, p.w.cols - c0), at, MT);
+        tile_chunk<NV>(p, plan, c.vals, at, yt, m0, rows, q, 0, p.w.rows);
+      }
+    }
+  }
+}
+
+template <int NV>
+void dense_sparse_tiles(const ElementDenseSparse& p, ParallelFor parallel_for, const ElementPlan& plan,
+                        const float* vals) {
+  constexpr int64_t MT = NV * VL;
+  if (plan.workers > 0) {
+    DenseSparseTask<NV> task{&p, &plan, vals, nullptr, nullptr, 0, 0, 0};
+    parallel_for(plan.workers, workers_task<NV>, &task);
+    return;
+  }
+  // Shared mode (few tiles of M): each tile and chunk transposed once, by all threads, then
+  // the outputs split among them.
+  float* at = plan.scratch;
+  float* yt = at + plan.chunk * MT;
   for (int64_t m0 = 0; m0 < p.m; m0 += MT) {
     const int64_t rows = lesser(MT, p.m - m0);
-    transpose_tile_of(p.a + m0 * p.lda, p.lda, rows, p.w.cols, at, MT, parallel_for);
-    ForwardTask<NV> task{&p, vals, at, m0, rows};
-    parallel_for(p.w.rows, forward_task<NV>, &task);
+    for (int64_t q = 0; q < plan.chunks; ++q) {
+      const int64_t c0 = q * plan.chunk;
+      transpose_tile_of(p.a + m0 * p.lda, p.lda, rows, c0, lesser(plan.chunk, p.w.cols - c0), at, MT, parallel_for);
+      DenseSparseTask<NV> task{&p, &plan, vals, at, yt, m0, rows, q};
+      parallel_for(p.w.rows, outputs_task<NV>, &task);
+    }
   }
 }
 
@@ -142,7 +200,17 @@ void sampled_task(void* ctx, int64_t begin, int64_t end) {
   for (int64_t n = begin; n < end; ++n) {
     Vec d[NV];
     for (int v = 0; v < NV; ++v) d[v] = vload(dyt + (n - begin) * MT + v * VL);
-    for (int64_t j = p.ptr[n]; j < p.ptr[n + 1]; ++j) {
+    int64_t j = p.ptr[n];
+    for (; j + VL <= p.ptr[n + 1]; j += VL) {  // VL nonzeros at a time: one reduction for all
+      Vec s[VL];
+      for (int u = 0; u < VL; ++u) {
+        const float* row = c.xt + static_cast<int64_t>(p.idx[j + u]) * MT;
+        s[u] = vzero();
+        for (int v = 0; v < NV; ++v) s[u] = vfma(d[v], vload(row + v * VL), s[u]);
+      }
+      vstore(c.sums + j, vadd(vload(c.sums + j), vsums(s)));
+    }
+    for (; j < p.ptr[n + 1]; ++j) {
       const float* row = c.xt + static_cast<int64_t>(p.idx[j]) * MT;
       Vec s = vzero();
       for (int v = 0; v < NV; ++v) s = vfma(d[v], vload(row + v * VL), s);
@@ -173,7 +241,7 @@ void sampled_tiles(const ElementSampled& p, ParallelFor parallel_for, float* xt,
   for (int64_t j = 0; j < p.nnz; ++j) sums[j] = 0.f;
   for (int64_t m0 = 0; m0 < p.m && p.nnz > 0; m0 += MT) {
     const int64_t rows = lesser(MT, p.m - m0);
-    transpose_tile_of(p.x + m0 * p.ldx, p.ldx, rows, p.k, xt, MT, parallel_for);
+    transpose_tile_of(p.x + m0 * p.ldx, p.ldx, rows, 0, p.k, xt, MT, parallel_for);
     SampledTask<NV> task{&p, xt, dyt, sums, m0, rows};
     parallel_for(p.n, sampled_task<NV>, &task);
   }
@@ -187,13 +255,21 @@ int64_t element_tile_rows(int64_t width, int64_t tile_bytes) {
   return static_cast<int64_t>(tile_vectors(width, tile_bytes)) * VL;
 }
 
-void element_dense_sparse(const ElementDenseSparse& p, ParallelFor parallel_for, int64_t tile_bytes,
-                          const float* vals, float* at) {
-  switch (tile_vectors(p.w.cols, tile_bytes)) {
-    case 8: dense_sparse_tiles<8>(p, parallel_for, vals, at); break;
-    case 4: dense_sparse_tiles<4>(p, parallel_for, vals, at); break;
-    case 2: dense_sparse_tiles<2>(p, parallel_for, vals, at); break;
-    default: dense_sparse_tiles<1>(p, parallel_for, vals, at); break;
+void element_plan(int64_t width, int64_t tile_bytes, int min_nv, int64_t* mt, int64_t* chunk) {
+  int nv = 8;
+  while (nv > min_nv && width * nv * VL * static_cast<int64_t>(sizeof(float)) > tile_bytes) nv /= 2;
+  const int64_t fits = tile_bytes / (nv * VL * static_cast<int64_t>(sizeof(float))) / VL * VL;
+  *mt = static_cast<int64_t>(nv) * VL;
+  *chunk = fits >= width ? width : (fits > VL ? fits : VL);
+}
+
+void element_dense_sparse(const ElementDenseSparse& p, ParallelFor parallel_for, const ElementPlan& plan,
+                          const float* vals) {
+  switch (plan.mt / VL) {
+    case 8: dense_sparse_tiles<8>(p, parallel_for, plan, vals); break;
+    case 4: dense_sparse_tiles<4>(p, parallel_for, plan, vals); break;
+    case 2: dense_sparse_tiles<2>(p, parallel_for, plan, vals); break;
+    default: dense_sparse_tiles<1>(p, parallel_for, plan, vals); break;
   }
 }
 

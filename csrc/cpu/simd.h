@@ -34,6 +34,12 @@ inline void stream_fence() { _mm_sfence(); }
 // dst[c * ldd + r] = src[r * lds + c] for r, c < VL.
 inline void transpose_tile(const float* src, int64_t lds, float* dst, int64_t ldd) { transpose16(src, lds, dst, ldd); }
 inline float vsum(Vec a) { return _mm512_reduce_add_ps(a.v); }
+// Lane i: the sum of s[i]'s lanes, for VL vectors at once.
+inline Vec vsums(const Vec* s) {
+  alignas(64) float r[VL];
+  for (int i = 0; i < VL; ++i) r[i] = _mm512_reduce_add_ps(s[i].v);
+  return {_mm512_load_ps(r)};
+}
 #elif defined(SK_KERNELS_AVX2)
 constexpr int VL = 8;
 struct Vec { __m256 v; };
@@ -49,6 +55,13 @@ inline float vsum(Vec a) {
   const __m128 q = _mm_add_ps(_mm256_castps256_ps128(a.v), _mm256_extractf128_ps(a.v, 1));
   const __m128 h = _mm_add_ps(q, _mm_movehl_ps(q, q));
   return _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)));
+}
+// Lane i: the sum of s[i]'s lanes, for VL vectors at once (pairwise adds, then the halves).
+inline Vec vsums(const Vec* s) {
+  const __m256 t0 = _mm256_hadd_ps(s[0].v, s[1].v), t1 = _mm256_hadd_ps(s[2].v, s[3].v);
+  const __m256 t2 = _mm256_hadd_ps(s[4].v, s[5].v), t3 = _mm256_hadd_ps(s[6].v, s[7].v);
+  const __m256 u0 = _mm256_hadd_ps(t0, t1), u1 = _mm256_hadd_ps(t2, t3);
+  return {_mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31))};
 }
 // dst[c * ldd + r] = src[r * lds + c] for r, c < VL (as the AVX-512 one, one lane exchange).
 inline void transpose_tile(const float* src, int64_t lds, float* dst, int64_t ldd) {
@@ -82,6 +95,11 @@ inline void vstore(float* p, Vec a) { for (int l = 0; l < VL; ++l) p[l] = a.v[l]
 inline void vstream(float* p, Vec a) { vstore(p, a); }
 inline void stream_fence() {}
 inline float vsum(Vec a) { float s = 0.f; for (int l = 0; l < VL; ++l) s += a.v[l]; return s; }
+inline Vec vsums(const Vec* s) {
+  Vec r;
+  for (int i = 0; i < VL; ++i) r.v[i] = vsum(s[i]);
+  return r;
+}
 inline void transpose_tile(const float* src, int64_t lds, float* dst, int64_t ldd) {
   for (int r = 0; r < VL; ++r)
     for (int c = 0; c < VL; ++c) dst[c * ldd + r] = src[r * lds + c];

@@ -23,6 +23,8 @@ PRODUCTS = {"forward": 1, "backward": 2, "forward+backward": 3}
 # CUDA runs with it off (IEEE), whatever torch's global flag says (see ``matmul_mode``).
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "tf32": torch.float32}
 CUDA_ONLY_DTYPES = ("tf32",)
+ELEMENT = (1, 1)  # the block of a case that stands for the element format (or element granularity)
+FORMATS = ("block", "element")
 
 
 class BenchInputError(ValueError):
@@ -69,7 +71,7 @@ class Sweep:
             if pass_ == "projection":
                 if dtype in CUDA_ONLY_DTYPES:  # a matmul mode: the projection is the same as fp32's
                     continue
-                blocks = blocks + [(1, 1)]
+                blocks = list(dict.fromkeys(blocks + [ELEMENT]))
                 densities = self.projection_densities or densities
             for block, density in itertools.product(blocks, densities):
                 case = Case(pass_, shape, block, density, dtype)
@@ -109,6 +111,18 @@ def headline(device: torch.device) -> Sweep:
     return Sweep(shapes=[Shape(256, 2048, 2048)], densities=[0.05, 0.1, 0.25, 0.5],
                  blocks=[(32, 32), (64, 64)], dtypes=["fp32"],
                  passes=list(PASSES), repeats=9, warmup=1, budget_s=1.5, projection_densities=[0.1])
+
+
+def element(device: torch.device) -> Sweep:
+    """The element format's sweep (``--format element``): the published models' width
+    (d_model 2048, an MLP of 8192) at the densities they train at."""
+    densities = [1 / 16, 1 / 64, 1 / 256, 1 / 1024]
+    passes = ["forward", "backward", "forward+backward"]
+    if device.type == "cuda":
+        return Sweep(shapes=[Shape(8192, 8192, 2048)], densities=densities, blocks=[ELEMENT], dtypes=["bf16"],
+                     passes=passes, repeats=30, warmup=5)
+    return Sweep(shapes=[Shape(2048, 8192, 2048)], densities=densities, blocks=[ELEMENT], dtypes=["fp32"],
+                 passes=passes, repeats=7, warmup=1, budget_s=3.0)
 
 
 def full(device: torch.device) -> Sweep:
@@ -189,6 +203,8 @@ def check_fit(shapes, blocks) -> None:
     """Every weight must hold at least one whole block (edge blocks may be partial)."""
     for shape in shapes:
         for bo, bi in blocks:
+            if (bo, bi) == ELEMENT:
+                continue
             if shape.n < bo or shape.k < bi:
                 raise BenchInputError(
                     f"shape {shape} does not fit block {bo}x{bi}: out_features (N={shape.n}) and "

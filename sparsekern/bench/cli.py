@@ -29,6 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
         "reference before timing."))
     p.add_argument("--device", default="auto", help="auto (cuda if present, else cpu), cpu, cuda or cuda:N")
     p.add_argument("--full", action="store_true", help="the large sweep instead of the headline one")
+    p.add_argument("--format", choices=("block", "element"), default="block",
+                   help="block (default: the headline or --full sweep) or element (weights sparse entry by entry: "
+                        "x[2048, 2048] @ W[8192, 2048].T on a CPU at densities 1/16 to 1/1024)")
     p.add_argument("--backends", help="comma-separated sparsekern backends (default: every one that can run "
                                       "here, the Triton interpreter excepted)")
     p.add_argument("--peers", default="bsr,csr",
@@ -80,17 +83,18 @@ def resolve_device(text: str):
 def resolve_backends(text: str | None, device, sweep) -> list[str]:
     """Named backends (each must be able to run on ``device``), or every one that can run some case."""
     from .. import backends as registry
-    from .cases import parse_list
+    from .cases import Case, Shape, parse_list
+    from .impls import backend_reasons
 
     names = registry.backend_names()
     if text is None:
         chosen = []
         for name in names:
-            backend = registry.get_backend(name)
             # The Triton interpreter runs CPU tensors for checking, not for speed: only when named.
-            if not backend.automatic(device):
+            if not registry.get_backend(name).automatic(device):
                 continue
-            if any(not backend.reasons(device, DTYPES[d], b) for d in sweep.dtypes for b in sweep.blocks):
+            probe = [Case("forward", Shape(1, 1, 1), b, 1.0, d) for d in sweep.dtypes for b in sweep.blocks]
+            if any(not backend_reasons(name, c, device, DTYPES[c.dtype]) for c in probe):
                 chosen.append(name)
         return chosen
     chosen = parse_list(text, "--backends")
@@ -108,7 +112,12 @@ def resolve_backends(text: str | None, device, sweep) -> list[str]:
 def make_sweep(args, device):
     from . import cases
 
-    sweep = cases.full(device) if args.full else cases.headline(device)
+    if args.format == "element":
+        if args.full or args.block_sizes:
+            raise BenchInputError("--format element has no blocks: --full and --block-sizes are for the block format")
+        sweep = cases.element(device)
+    else:
+        sweep = cases.full(device) if args.full else cases.headline(device)
     if args.passes:
         sweep.passes = cases.parse_choices(args.passes, "pass", PASSES)
     if args.dtypes:
@@ -225,8 +234,10 @@ def _main(args) -> int:
 
     print()
     print(report.pass_tables(rows))
-    print("\nuseful TFLOP/s counts the active blocks only, for every implementation (dense included); "
-          "x dense = dense time / time; ideal = 1 / density.")
+    print("\nuseful TFLOP/s counts the layout's entries only, for every implementation (dense included); "
+          "x dense = dense time / time; ideal = 1 / density; roofline = dense time / max(density x dense time, "
+          "memory floor), the floor being the pass's inputs read and outputs written once, measured in the same "
+          "run; % roofline = the share of it reached.")
     meta["load_average_end"] = machine.load_average()
     stem = f"bench-{device.type}-{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}"
     paths = report.save(rows, meta, args.out, stem)

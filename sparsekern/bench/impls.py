@@ -2,8 +2,9 @@
 
 * ``dense``: ``F.linear`` on the masked dense weight (cuBLAS on a GPU, MKL/oneDNN on a
   CPU): the baseline every speedup is relative to.
-* ``sparsekern:<backend>``: ``block_sparse_linear`` with that backend forced, on a weight
-  holding NaN outside its active blocks (a backend that reads one shows it).
+* ``sparsekern:<backend>``: ``sparse_linear`` with that backend forced, on a weight holding
+  NaN outside its layout (a backend that reads one shows it): a ``BlockLayout``, or an
+  ``ElementLayout`` for the element format's cases (block ``ELEMENT``).
 * ``torch-bsr``: ``F.linear`` with the weight as ``to_sparse_bsr(block)``.
 * ``torch-csr``: ``torch.sparse.mm`` with the weight as ``to_sparse_csr()``.
 
@@ -21,9 +22,10 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-from ..function import block_sparse_linear
+from ..element import ElementLayout
 from ..layout import BlockLayout
-from .cases import DTYPES, Case
+from ..linear import sparse_linear
+from .cases import DTYPES, ELEMENT, Case
 
 PEERS = ("bsr", "csr")
 
@@ -42,7 +44,7 @@ class NotAvailable(Exception):
 class Problem:
     """One weight, its layout and a few input sets, with the fp64 reference of set 0."""
 
-    layout: BlockLayout
+    layout: BlockLayout | ElementLayout
     mask: torch.Tensor           # element mask of the weight
     weight_poisoned: torch.Tensor  # NaN outside the active blocks
     weight_masked: torch.Tensor    # zeros outside the active blocks
@@ -65,8 +67,11 @@ class Problem:
 def make_problem(case: Case, device: torch.device, n_sets: int, seed: int) -> Problem:
     dtype = DTYPES[case.dtype]
     shape = (case.shape.n, case.shape.k)
-    layout = BlockLayout.random(shape, case.block, case.density, generator=torch.Generator().manual_seed(seed),
-                                device=device)
+    layout_gen = torch.Generator().manual_seed(seed)
+    if case.block == ELEMENT:
+        layout = ElementLayout.random(shape, case.density, generator=layout_gen, device=device)
+    else:
+        layout = BlockLayout.random(shape, case.block, case.density, generator=layout_gen, device=device)
     mask = layout.to_mask()
     gen = torch.Generator(device=device).manual_seed(seed)  # data drawn where it lives: fast for big GPU cases
 
@@ -131,17 +136,15 @@ class Sparsekern(Impl):
         self.name = backend
 
     def prepare(self, problem, case):
-        from ..backends import get_backend
-
         weight = problem.weight_poisoned
-        reasons = get_backend(self.backend).reasons(weight.device, weight.dtype, case.block)
+        reasons = backend_reasons(self.backend, case, weight.device, weight.dtype)
         if reasons:
             raise NotAvailable("; ".join(reasons))
         return weight.clone().requires_grad_(), problem.layout
 
     def apply(self, state, x):
         weight, layout = state
-        return block_sparse_linear(x, weight, layout, backend=self.backend)
+        return sparse_linear(x, weight, layout, backend=self.backend)
 
     def weight_of(self, state):
         return state[0]
@@ -153,6 +156,8 @@ class TorchBsr(Impl):
     def prepare(self, problem, case):
         n, k = problem.weight_masked.shape
         bo, bi = case.block
+        if case.block == ELEMENT:
+            raise NotAvailable("a BSR weight needs blocks (this case is the element format)")
         if n % bo or k % bi:
             raise NotAvailable(f"to_sparse_bsr needs the shape {n}x{k} to be a multiple of the block {bo}x{bi}")
         with warnings.catch_warnings():  # "Sparse BSR tensor support is in beta state"
@@ -177,6 +182,38 @@ class TorchCsr(Impl):
 
     def dense_weight_grad(self, grad):
         return grad.to_dense()
+
+
+def backend_reasons(name: str, case: Case, device, dtype) -> list[str]:
+    """Why sparsekern backend ``name`` cannot run ``case`` (its format's registry); empty if it can."""
+    if case.block == ELEMENT:
+        from ..element.backends import REGISTRY
+
+        if name not in REGISTRY.names():
+            return [f"{name} has no element-format backend"]
+        return REGISTRY.get(name).reasons(device, dtype, None)
+    from ..backends import get_backend
+
+    return get_backend(name).reasons(device, dtype, case.block)
+
+
+def memory_floor(problem: Problem, pass_: str):
+    """``fn(i)`` reading the pass's inputs and writing its outputs once each (a sum and a fill):
+    the memory traffic no implementation of the pass avoids."""
+    n = len(problem.xs)
+    x0, g0, w = problem.xs[0], problem.grads[0], problem.weight_masked
+    outputs = {"forward": [g0.new_empty(g0.shape)],
+               "backward": [x0.new_empty(x0.shape), w.new_empty(w.shape)],
+               "forward+backward": [g0.new_empty(g0.shape), x0.new_empty(x0.shape), w.new_empty(w.shape)]}[pass_]
+    reads = {"forward": ("xs",), "backward": ("xs", "grads"), "forward+backward": ("xs", "grads")}[pass_]
+
+    def floor(i):
+        for name in reads:
+            getattr(problem, name)[i % n].sum()
+        for out in outputs:
+            out.zero_()
+        return outputs
+    return floor
 
 
 # torch's own paths by the name they are reported under (the peers as --peers spells them:

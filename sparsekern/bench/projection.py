@@ -13,10 +13,8 @@ import torch
 
 from ..layout import block_grid, count_for_density, expand_block_mask
 from ..module import block_norms, top_blocks
-from .cases import DTYPES, Case
+from .cases import DTYPES, ELEMENT, Case
 from .impls import NotAvailable
-
-ELEMENT = (1, 1)  # the block of a case that stands for element granularity
 
 
 def granularity(case: Case) -> str:

@@ -10,7 +10,8 @@ from .cases import PASSES
 
 CSV_FIELDS = ("pass", "impl", "kind", "dtype", "m", "n", "k", "block", "block_out", "block_in", "density",
               "block_density", "element_density", "nnz_blocks", "nnz_elements", "useful_flops", "time_ms",
-              "min_ms", "max_ms", "samples", "tflops", "speedup", "ideal", "verified", "rel_error", "tolerance",
+              "min_ms", "max_ms", "samples", "tflops", "speedup", "ideal", "floor_ms", "roofline", "of_roofline",
+              "verified", "rel_error", "tolerance",
               "status", "note")
 
 
@@ -43,26 +44,28 @@ def pass_tables(rows: list[dict]) -> str:
             header = ["dtype", "NxK", "block", "density", "impl", "ms", "x torch-topk", "check"]
         else:
             header = ["dtype", "MxNxK", "block", "density", "impl", "ms", "useful TFLOP/s", "x dense", "ideal",
-                      "check"]
+                      "roofline", "% roofline", "check"]
         lines, previous, notes = [], None, {}
         for r in these:
             label = _case_label(r)
             shown = label if label != previous else [""] * len(label)
             previous = label
             if r["status"] == "ok":
+                share = r.get("of_roofline")
                 tail = [_fmt(r["time_ms"], ".4g"), _fmt(r["tflops"], ".3g"), _fmt(r["speedup"], ".2f"),
-                        _fmt(r["ideal"], ".1f"), "ok"]
+                        _fmt(r["ideal"], ".1f"), _fmt(r.get("roofline"), ".1f"),
+                        _fmt(share and 100 * share, ".0f"), "ok"]
             else:  # n/a, WRONG or ERROR: the reason once, under the table
                 mark = notes.setdefault((r["impl"], r["status"], r["note"]), len(notes) + 1)
-                tail = ["-", "", "", "", f"{r['status']} [{mark}]"]
+                tail = ["-", "", "", "", "", "", f"{r['status']} [{mark}]"]
             if projection:
-                tail = [tail[0], tail[2], tail[4]]
+                tail = [tail[0], tail[2], tail[6]]
             lines.append(shown + [r["impl"], *tail])
         title = {"forward": "forward: y = x W^T",
                  "backward": "backward: dx = g W and dW = g^T x on active blocks (the forward not timed)",
                  "forward+backward": "forward+backward",
                  "projection": "projection: top-k in place (block = blocks by L2 norm, element = entries)"}[pass_]
-        text = f"== {title}\n" + _table(header, lines, right={3, 5, 6} if projection else {3, 5, 6, 7, 8})
+        text = f"== {title}\n" + _table(header, lines, right={3, 5, 6} if projection else {3, 5, 6, 7, 8, 9, 10})
         text += "".join(f"\n  [{mark}] {impl} {status}: {note}" for (impl, status, note), mark in notes.items())
         out.append(text)
     return "\n\n".join(out)

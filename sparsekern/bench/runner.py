@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 
 from . import projection
-from .cases import DTYPES, Case, Sweep, matmul_mode, useful_flops
-from .impls import NotAvailable, Problem, implementations, input_sets, make_problem, pass_callable
+from .cases import DTYPES, ELEMENT, Case, Sweep, matmul_mode, useful_flops
+from .impls import NotAvailable, Problem, implementations, input_sets, make_problem, memory_floor, pass_callable
 from .impls import relative_errors, tolerance
 from .timing import time_interleaved
 
@@ -15,11 +15,12 @@ def _base_row(case: Case, name: str, kind: str) -> dict:
     bo, bi = case.block
     return {"pass": case.pass_, "impl": name, "kind": kind, "dtype": case.dtype,
             "m": case.shape.m, "n": case.shape.n, "k": case.shape.k,
-            "block": "element" if case.block == projection.ELEMENT else f"{bo}x{bi}",
+            "block": "element" if case.block == ELEMENT else f"{bo}x{bi}",
             "block_out": bo, "block_in": bi, "density": case.density,
             "status": "ok", "note": "", "verified": False, "rel_error": None, "tolerance": None,
             "time_ms": None, "min_ms": None, "max_ms": None, "samples": 0,
-            "tflops": None, "speedup": None, "ideal": None}
+            "tflops": None, "speedup": None, "ideal": None, "floor_ms": None, "roofline": None,
+            "of_roofline": None}
 
 
 def _finish(rows: list[dict], timings: dict, baseline: str, flops: int) -> None:
@@ -52,7 +53,8 @@ def _run_linear_case(case: Case, backends, peers, device, repeats, warmup, seed,
     rows, fns, dense_error = [], {}, None
     for impl in implementations(backends, peers):
         row = _base_row(case, impl.name, impl.kind)
-        row.update(nnz_blocks=layout.nnz_blocks, block_density=layout.density, element_density=element_density,
+        row.update(nnz_blocks=getattr(layout, "nnz_blocks", None), block_density=layout.density,
+                   element_density=element_density,
                    nnz_elements=nnz_el, useful_flops=flops,
                    ideal=(1 / element_density) if element_density else None)
         rows.append(row)
@@ -78,9 +80,28 @@ def _run_linear_case(case: Case, backends, peers, device, repeats, warmup, seed,
             row.update(status="WRONG", note=", ".join(f"{k} rel. error {v:.2e}" for k, v in errors.items()))
             continue
         fns[impl.name] = fn
+    if fns:
+        fns[FLOOR] = memory_floor(problem, case.pass_)
     timings = time_interleaved(fns, device, repeats=repeats, warmup=warmup, budget_s=budget_s) if fns else {}
     _finish(rows, timings, "dense", flops)
+    _roofline(rows, timings, element_density)
     return rows
+
+
+FLOOR = "memory-floor"  # reads the pass's inputs and writes its outputs once, nothing else
+
+
+def _roofline(rows: list[dict], timings: dict, density: float) -> None:
+    """The roofline of the case: ``max(density * dense time, memory floor)``; per row the
+    speedup over dense it allows (``roofline``) and the share of it reached (``of_roofline``)."""
+    dense, floor = timings.get("dense"), timings.get(FLOOR)
+    if not dense or not floor:
+        return
+    roof_s = max(density * dense["median_s"], floor["median_s"])
+    for row in rows:
+        row.update(floor_ms=floor["median_s"] * 1e3, roofline=dense["median_s"] / roof_s)
+        if row["time_ms"]:
+            row["of_roofline"] = roof_s * 1e3 / row["time_ms"]
 
 
 def run_projection_case(case: Case, backends, device, repeats, warmup, seed, budget_s=None) -> list[dict]:
