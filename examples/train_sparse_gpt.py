@@ -90,6 +90,7 @@ class Config:
     # sparsity
     density: float = 0.0625
     block_size: int = 32
+    format: str = "block"  # the sparse layers' format: "block" kernels or "element" kernels
     granularity: str = "element"
     min_per_neuron: int = 4
     anneal_start: float = 0.01
@@ -112,7 +113,7 @@ class Config:
     out: str = str(DEFAULT_OUT)
 
     def model_config(self) -> dict:
-        keys = ("d_model", "n_layers", "n_heads", "mlp_ratio", "ctx", "act_topk", "block_size")
+        keys = ("d_model", "n_layers", "n_heads", "mlp_ratio", "ctx", "act_topk", "block_size", "format")
         return {k: getattr(self, k) for k in keys}
 
 
@@ -289,14 +290,14 @@ def build_model(model_config: dict, *, sparse: bool, seed: int | None = None) ->
         torch.manual_seed(seed)
     model = GPT(**model_config)
     if sparse:
-        model = to_sparse(model, model_config["block_size"])
+        model = to_sparse(model, model_config["block_size"], model_config.get("format", "block"))
     return model
 
 
-def to_sparse(model: nn.Module, block_size: int) -> nn.Module:
+def to_sparse(model: nn.Module, block_size: int, format: str = "block") -> nn.Module:
     """Every ``nn.Linear`` of ``model`` as a dense-start ``SparseLinear(dense_grad=True)``, in place."""
     # dense_grad: the full dense weight gradient, so a projection can regrow pruned weights.
-    return sparsekern.sparsify(model, density=1.0, block_size=block_size, dense_grad=True)
+    return sparsekern.sparsify(model, density=1.0, block_size=block_size, dense_grad=True, format=format)
 
 
 def sparse_layers(model: nn.Module) -> dict:
@@ -523,12 +524,15 @@ def layer_report(model: nn.Module, cfg: Config) -> dict:
     report = {}
     for name, m in sparse_layers(model).items():
         numel = m.weight.numel()
-        grid_rows, grid_cols = m.layout.grid
-        entry = {"shape": list(m.weight.shape), "nnz": int(torch.count_nonzero(m.weight)),
-                 "active_blocks": m.layout.nnz_blocks, "blocks": grid_rows * grid_cols}
+        entry = {"shape": list(m.weight.shape), "nnz": int(torch.count_nonzero(m.weight)), "format": m.format}
+        if m.format == "block":
+            grid_rows, grid_cols = m.layout.grid
+            entry.update(active_blocks=m.layout.nnz_blocks, blocks=grid_rows * grid_cols)
+        else:
+            entry["layout_nnz"] = m.layout.nnz
         if cfg.granularity == "element":
             entry["target_nnz"] = sparsekern.count_for_density(cfg.density, numel)
-        else:
+        elif "blocks" in entry:
             entry["target_blocks"] = sparsekern.count_for_density(cfg.density, entry["blocks"])
         entry["density"] = entry["nnz"] / numel
         report[name] = entry
@@ -612,7 +616,7 @@ def _run(cfg: Config, log) -> Result:
     n_double = int((corpus.val[cases] == QUOTES[1]).sum()) if cases.numel() else 0
 
     dense = build_model(cfg.model_config(), sparse=False, seed=cfg.seed)
-    sparse = to_sparse(copy.deepcopy(dense), cfg.block_size)  # the same initial weights
+    sparse = to_sparse(copy.deepcopy(dense), cfg.block_size, cfg.format)  # the same initial weights
     n_params = sum(p.numel() for p in dense.parameters())
     log(f"model: {n_params / 1e6:.3f} M parameters, {len(sparse_layers(sparse))} sparse layers, "
         f"target density {cfg.density} ({cfg.granularity}), {cfg.steps} steps of {cfg.batch_size}x{cfg.ctx} tokens")
@@ -669,12 +673,13 @@ def summary(fig: dict) -> str:
              f"quote closing ({fig['quote']['cases']} held-out cases, majority baseline "
              f"{fig['quote']['majority_baseline']:.3f}): sparse {fig['quote']['sparse_accuracy']:.3f}   "
              f"dense {fig['quote']['dense_accuracy']:.3f}",
-             "nonzeros per layer (target; active blocks):"]
+             "nonzeros per layer (target; active blocks or the element layout):"]
     for name, v in fig["layers"].items():
         target = v.get("target_nnz", v.get("target_blocks"))
         unit = "" if "target_nnz" in v else " blocks"
-        lines.append(f"  {name:22s} {str(tuple(v['shape'])):12s} nnz {v['nnz']:7d} (target {target}{unit}; "
-                     f"blocks {v['active_blocks']}/{v['blocks']})")
+        where = (f"blocks {v['active_blocks']}/{v['blocks']}" if "blocks" in v
+                 else f"element layout of {v['layout_nnz']}")
+        lines.append(f"  {name:22s} {str(tuple(v['shape'])):12s} nnz {v['nnz']:7d} (target {target}{unit}; {where})")
     lines.append(f"total run time {fig['total_time_s']:.1f} s")
     return "\n".join(lines)
 
@@ -698,6 +703,9 @@ def parse_args(argv=None) -> Config:
     arg("--granularity", choices=("element", "block"), default=defaults.granularity,
         help="project single weights (the published recipe) or whole blocks")
     arg("--block-size", type=int, default=defaults.block_size, help="SparseLinear block side")
+    arg("--format", choices=("block", "element"), default=defaults.format,
+        help="the sparse layers' kernels: block (32x32 blocks: at element-wise densities every block stays "
+             "active) or element (the nonzeros themselves)")
     arg("--min-per-neuron", type=int, default=defaults.min_per_neuron,
         help="nonzeros kept in every output row (block mode: in blocks, rounded up)")
     arg("--grad-clip-rms", type=float, default=defaults.grad_clip_rms, help="global gradient-RMS clip; 0 = off")

@@ -1,12 +1,13 @@
-"""``SparseLinear``: a drop-in for ``nn.Linear`` whose weight is block-sparse."""
+"""``SparseLinear``: a drop-in for ``nn.Linear`` whose weight is sparse, in blocks or entry by entry."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from .function import block_sparse_linear
+from .element import ElementLayout
 from .layout import BlockLayout, block_grid, check_density, count_for_density, normalize_block_size
+from .linear import sparse_linear
 from .projection.reference import block_norms, top_blocks  # noqa: F401  (re-exported)
 from .projection.topk_project import prepare_projection
 
@@ -15,12 +16,25 @@ def _refresh_layout_after_load(module, incompatible_keys) -> None:
     module.refresh_layout()
 
 
+# The formats a layer can run; "auto" (a choice by cost that follows the layout) is to come.
+FORMATS = ("block", "element")
+
+
+def check_format(format) -> str:
+    if format not in FORMATS:
+        raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
+    return format
+
+
 class SparseLinear(nn.Module):
-    """``nn.Linear`` with a block-sparse weight.
+    """``nn.Linear`` with a sparse weight.
 
     The same ``weight`` and ``bias`` parameters, shapes, ``state_dict`` keys and
-    initialisation as ``nn.Linear``; a random layout of ``density`` (fraction of active
-    blocks) drawn from torch's RNG at construction, the weight zeroed outside it.
+    initialisation as ``nn.Linear``; a random layout of ``density`` drawn from torch's RNG at
+    construction, the weight zeroed outside it. ``format="block"`` (the default): a
+    ``BlockLayout``, ``density`` the fraction of active blocks, the block kernels;
+    ``format="element"``: an ``ElementLayout``, ``density`` the fraction of entries, the
+    element kernels. The format holds through projections and loads; ``.format`` says it.
     Loading a state_dict refreshes the layout from the loaded weight's nonzeros.
     """
 
@@ -28,10 +42,10 @@ class SparseLinear(nn.Module):
     granularity: str = "element"
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
-                 density: float = 0.0625, block_size=32, dense_grad: bool = False,
+                 density: float = 0.0625, block_size=32, dense_grad: bool = False, format: str = "block",
                  device=None, dtype=None):
         super().__init__()
-        self._configure(in_features, out_features, density, block_size, dense_grad)
+        self._configure(in_features, out_features, density, block_size, dense_grad, format)
         factory = {"device": device, "dtype": dtype}
         self.weight = nn.Parameter(torch.empty((out_features, in_features), **factory))
         if bias:
@@ -41,13 +55,16 @@ class SparseLinear(nn.Module):
         nn.Linear.reset_parameters(self)  # nn.Linear's own initialisation, draw for draw
         # A meta module (deferred initialisation) keeps its layout on the CPU until to_empty().
         layout_device = "cpu" if self.weight.is_meta else self.weight.device
-        self.layout = BlockLayout.random(
-            (out_features, in_features), self.block_size, self.density, device=layout_device
-        )
+        shape = (out_features, in_features)
+        if self.format == "element":
+            self.layout = ElementLayout.random(shape, self.density, device=layout_device)
+        else:
+            self.layout = BlockLayout.random(shape, self.block_size, self.density, device=layout_device)
         with torch.no_grad():
             self.weight.masked_fill_(~self.layout.to_mask().to(self.weight.device), 0)
 
-    def _configure(self, in_features, out_features, density, block_size, dense_grad):
+    def _configure(self, in_features, out_features, density, block_size, dense_grad, format="block"):
+        self.format = check_format(format)
         self.in_features = in_features
         self.out_features = out_features
         self.density = check_density(density)
@@ -57,12 +74,15 @@ class SparseLinear(nn.Module):
         self.register_load_state_dict_post_hook(_refresh_layout_after_load)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return block_sparse_linear(x, self.weight, self.layout, self.bias, dense_weight_grad=self.dense_grad)
+        return sparse_linear(x, self.weight, self.layout, self.bias, dense_weight_grad=self.dense_grad)
 
     # ------------------------------------------------------------------ layout
-    def refresh_layout(self) -> BlockLayout:
-        """Recompute the layout from the weight's nonzeros (blocks holding any)."""
-        self.layout = BlockLayout.from_weight(self.weight, self.block_size)
+    def refresh_layout(self):
+        """Recompute the layout from the weight's nonzeros (block format: blocks holding any)."""
+        if self.format == "element":
+            self.layout = ElementLayout.from_weight(self.weight)
+        else:
+            self.layout = BlockLayout.from_weight(self.weight, self.block_size)
         return self.layout
 
     def project_(self, density: float | None = None, *, granularity: str | None = None, min_per_row: int = 0,
@@ -96,10 +116,15 @@ class SparseLinear(nn.Module):
         return count_for_density(density, self.out_features * self.in_features)
 
     def apply_projection(self, plan):
-        """The second half of ``project_``: writes the weight and rebuilds the layout."""
+        """The second half of ``project_``: writes the weight and rebuilds the layout (block
+        format: from the pass's own per-block counts; element format: from the projected
+        weight's nonzeros, a second pass over it for now)."""
         result = plan.apply()
-        self.layout = BlockLayout.from_block_mask(result.block_counts > 0, self.block_size,
-                                                  (self.out_features, self.in_features))
+        if self.format == "element":
+            self.layout = ElementLayout.from_weight(self.weight)
+        else:
+            self.layout = BlockLayout.from_block_mask(result.block_counts > 0, self.block_size,
+                                                      (self.out_features, self.in_features))
         return result
 
     def _apply(self, fn, *args, **kwargs):
@@ -111,19 +136,26 @@ class SparseLinear(nn.Module):
     # ------------------------------------------------------------- conversion
     @classmethod
     def from_dense(cls, linear: nn.Linear, *, density: float, block_size=32,
-                   dense_grad: bool = False) -> "SparseLinear":
-        """Keep the blocks of ``linear.weight`` of largest L2 norm (ties: lowest row-major index)."""
+                   dense_grad: bool = False, format: str = "block") -> "SparseLinear":
+        """Keep the blocks of ``linear.weight`` of largest L2 norm (ties: lowest row-major index),
+        or with ``format="element"`` its entries of largest magnitude (the projection's rule)."""
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"linear must be an nn.Linear, got {type(linear).__name__}")
         density = check_density(density)
         block_size = normalize_block_size(block_size)
+        check_format(format)
         weight = linear.weight
-        scores = block_norms(weight, block_size)
-        keep = top_blocks(scores, count_for_density(density, scores.numel()))
-        layout = BlockLayout(keep, block_size, tuple(weight.shape))
+        if format == "element":
+            kept = weight.detach().clone()
+            prepare_projection(kept, count_for_density(density, kept.numel()), granularity="element").apply()
+            layout = ElementLayout.from_weight(kept)
+        else:
+            scores = block_norms(weight, block_size)
+            keep = top_blocks(scores, count_for_density(density, scores.numel()))
+            layout = BlockLayout(keep, block_size, tuple(weight.shape))
         module = cls.__new__(cls)
         nn.Module.__init__(module)
-        module._configure(linear.in_features, linear.out_features, density, block_size, dense_grad)
+        module._configure(linear.in_features, linear.out_features, density, block_size, dense_grad, format)
         with torch.no_grad():
             module.weight = nn.Parameter(torch.where(layout.to_mask(), weight, 0))
             if linear.bias is not None:
@@ -144,5 +176,6 @@ class SparseLinear(nn.Module):
         return linear
 
     def extra_repr(self) -> str:
+        block = f", block_size={self.block_size}" if self.format == "block" else ""
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"bias={self.bias is not None}, density={self.density}, block_size={self.block_size}")
+                f"bias={self.bias is not None}, density={self.density}, format={self.format!r}{block}")

@@ -33,14 +33,14 @@ def _patterns(value, name: str) -> list[str] | None:
 
 
 def sparsify(model: nn.Module, *, density: float, block_size=32, include=None, exclude=None,
-             dense_grad: bool = False) -> nn.Module:
+             dense_grad: bool = False, format: str = "block") -> nn.Module:
     """Replace ``nn.Linear`` modules of ``model`` by ``SparseLinear.from_dense``, in place.
 
     All of them, or those whose qualified name (as in ``model.named_modules()``) matches
     an ``include`` pattern and no ``exclude`` pattern (``fnmatch`` patterns, a string or a
     list). ``dense_grad=True`` gives every layer the full dense weight gradient, so entries
-    pruned by a ``Projector`` can grow back. Returns ``model`` (or, when ``model`` itself
-    is an ``nn.Linear``, its replacement).
+    pruned by a ``Projector`` can grow back; ``format`` is every layer's (see ``SparseLinear``).
+    Returns ``model`` (or, when ``model`` itself is an ``nn.Linear``, its replacement).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -56,7 +56,7 @@ def sparsify(model: nn.Module, *, density: float, block_size=32, include=None, e
     targets = [(name, m) for name, m in model.named_modules()
                if type(m) is nn.Linear and chosen(name)]
     replacements = [(name, SparseLinear.from_dense(m, density=density, block_size=block_size,
-                                                   dense_grad=dense_grad)) for name, m in targets]
+                                                   dense_grad=dense_grad, format=format)) for name, m in targets]
     for name, new in replacements:
         if name == "":
             return new

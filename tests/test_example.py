@@ -165,3 +165,23 @@ def test_block_granularity_with_activation_sparsity(example, tiny_run):
         assert not bool(layer.weight[~layer.layout.to_mask()].any()), name
     with pytest.raises(ValueError, match="min-per-neuron"):
         example.train(model, result.corpus, dataclasses.replace(cfg, density=0.25), sparse=True)
+
+
+def test_element_format_trains_hits_target_and_reloads(example, tiny_run, tmp_path):
+    """--format element: every layer on the element kernels, exactly the target nonzeros, the
+    layout following the weights, and a checkpoint that reloads to the same function."""
+    cfg, result = tiny_run
+    cfg = dataclasses.replace(cfg, format="element", steps=4, out=str(tmp_path))
+    model = example.build_model(cfg.model_config(), sparse=True, seed=cfg.seed)
+    stats = example.train(model, result.corpus, cfg, sparse=True, log=lambda *_: None)
+    assert math.isfinite(stats["final_train_loss"])
+    for name, entry in example.layer_report(model, cfg).items():
+        layer = model.get_submodule(name)
+        assert entry["format"] == "element" and isinstance(layer.layout, sparsekern.ElementLayout), name
+        assert entry["nnz"] == entry["target_nnz"] == entry["layout_nnz"], (name, entry)
+    example.save_checkpoint(model, cfg, tmp_path)
+    reloaded = example.load_checkpoint(tmp_path)
+    x, _ = example.get_batch(result.corpus.val, 2, cfg.ctx, torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        assert torch.equal(reloaded.eval()(x), model.eval()(x))
+    assert example.parse_args(["--format", "element"]).format == "element"

@@ -107,7 +107,7 @@ def test_checkpoint_round_trip():
 def test_extra_repr_shows_the_arguments():
     m = SparseLinear(64, 32, bias=False, density=0.125, block_size=(16, 32))
     assert repr(m) == ("SparseLinear(in_features=64, out_features=32, bias=False, "
-                       "density=0.125, block_size=(16, 32))")
+                       "density=0.125, format='block', block_size=(16, 32))")
 
 
 def test_module_dtype_conversion_and_optimizer_step():
