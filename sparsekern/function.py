@@ -35,19 +35,25 @@ class SparseLinearFunction(torch.autograd.Function):
     def backward(ctx, grad_out):
         x, weight, col_idx, block_row, col_ptr, row_idx = ctx.saved_tensors
         bo, bi = ctx.block_size
-        # Kernels index raw memory: an expanded gradient (stride 0) must become real.
-        grad_out = grad_out.contiguous()
-        dx = dw = db = None
-        if ctx.needs_input_grad[0]:
-            dx = ops.bsmm_grad_input(grad_out, weight, col_ptr, row_idx, bo, bi, ctx.backend)
-        if ctx.needs_input_grad[1]:
-            if ctx.dense_weight_grad:
-                dw = grad_out.t() @ x
-            else:
-                dw = ops.bsmm_grad_weight(grad_out, x, block_row, col_idx, bo, bi, ctx.backend)
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            db = grad_out.sum(0)
+        dx, dw, db = linear_backward(
+            ctx, grad_out, x,
+            lambda g: ops.bsmm_grad_input(g, weight, col_ptr, row_idx, bo, bi, ctx.backend),
+            lambda g: ops.bsmm_grad_weight(g, x, block_row, col_idx, bo, bi, ctx.backend))
         return dx, dw, db, None, None, None, None, None, None, None, None, None
+
+
+def linear_backward(ctx, grad_out, x, grad_input, sampled_grad_weight):
+    """``(dx, dW, db)`` of ``y = x @ W.T + b`` for every format's autograd Function, given its two
+    sparse products as callables of ``grad_out``: ``dW`` is the full dense ``grad_out.T @ x``
+    under ``ctx.dense_weight_grad``, else the sampled product; ``None`` where no gradient is needed."""
+    # Kernels index raw memory: an expanded gradient (stride 0) must become real.
+    grad_out = grad_out.contiguous()
+    dx = grad_input(grad_out) if ctx.needs_input_grad[0] else None
+    dw = None
+    if ctx.needs_input_grad[1]:
+        dw = grad_out.t() @ x if ctx.dense_weight_grad else sampled_grad_weight(grad_out)
+    db = grad_out.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+    return dx, dw, db
 
 
 def _autocast(x, weight, bias):

@@ -6,7 +6,7 @@ its tensor-core instructions.
 
 import pytest
 
-from sparsekern.triton.aot import report_in_subprocess
+from sparsekern.triton.aot import expected_tensor_core, report_in_subprocess
 
 
 @pytest.fixture(scope="module")
@@ -30,16 +30,11 @@ def test_no_spills(reports):
 def test_tensor_core_instructions(reports):
     for r in reports:
         case = f'{r["kernel"]} sm_{r["arch"]} {r["dtype"]} {r["block_size"]} tf32={r["tf32"]}'
-        if r["dtype"] == "fp32" and not r["tf32"]:
-            assert r["tensor_core"] == "none", case  # IEEE fp32 stays off the tensor cores
-        elif r["arch"] == 80:
-            assert r["tensor_core"] == "mma.sync", case
-        elif r["kernel"].startswith("bsmm_fwd") or r["block_size"][0] >= 64:
-            # wgmma needs 64 rows per warpgroup: the forward tiles have BLOCK_M=64; the
-            # weight-gradient tile is one weight block, so only blocks of 64+ rows use it.
-            assert r["tensor_core"] == "wgmma", case
-        else:
-            assert r["tensor_core"] == "mma.sync", case
+        expected = expected_tensor_core(r["kernel"], r["arch"], r["dtype"], r["block_size"], r["tf32"])
+        assert r["tensor_core"] == expected, case
+    # The rule itself, so that a change to it shows here: IEEE fp32 stays off the tensor cores.
+    assert {r["tensor_core"] for r in reports if r["dtype"] == "fp32" and not r["tf32"]} == {"none"}
+    assert {r["tensor_core"] for r in reports if r["arch"] == 90} == {"wgmma", "mma.sync", "none"}
 
 
 def test_shared_memory_fits_the_hardware(reports):

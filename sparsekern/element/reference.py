@@ -9,11 +9,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..reference import _expand_pointers
+
 
 def _mask(ptr: torch.Tensor, idx: torch.Tensor, shape, transposed: bool = False) -> torch.Tensor:
     """The element mask of a ``shape`` weight from a compressed index over its rows (or, when
     ``transposed``, over its columns)."""
-    outer = torch.repeat_interleave(torch.arange(ptr.numel() - 1, device=ptr.device), (ptr[1:] - ptr[:-1]).long())
+    outer = _expand_pointers(ptr)
     mask = torch.zeros(shape, dtype=torch.bool, device=idx.device)
     if transposed:
         mask[idx.long(), outer] = True

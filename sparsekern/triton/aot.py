@@ -129,6 +129,17 @@ def compile_kernel(name: str, arch: int, dtype: torch.dtype, block_size, tf32: b
     return AotReport(name, arch, ty, (bo, bi), tf32, registers, spills, compiled.metadata.shared, tensor_core)
 
 
+def expected_tensor_core(kernel: str, arch: int, dtype: str, block_size, tf32: bool) -> str:
+    """The tensor-core instruction a kernel's PTX must hold: none for IEEE fp32; mma.sync on
+    sm_80; on sm_90a wgmma, which needs 64 rows per warpgroup: the forward tiles have
+    BLOCK_M=64, the weight-gradient tile is one weight block (so blocks of 64+ rows)."""
+    if dtype == "fp32" and not tf32:
+        return "none"
+    if arch == 80:
+        return "mma.sync"
+    return "wgmma" if kernel.startswith("bsmm_fwd") or block_size[0] >= 64 else "mma.sync"
+
+
 def _ptxas_usage(ptx: str, arch: int) -> tuple[int, int]:
     sm = f"sm_{arch}a" if arch >= 90 else f"sm_{arch}"
     with tempfile.TemporaryDirectory() as tmp:
