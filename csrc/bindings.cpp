@@ -4,7 +4,7 @@
 // compile time matters on small CI machines.
 //
 // Sections: common helpers | CPU block-sparse products | CPU element-sparse products | top-k projection (CPU) | CUDA (#ifdef
-// SPARSEKERN_WITH_CUDA; block-sparse products, then top-k projection) | module.
+// SPARSEKERN_WITH_CUDA; block-sparse products, element-sparse products, then top-k projection) | module.
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -13,7 +13,9 @@
 #include <torch/csrc/utils/pybind.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <tuple>
@@ -31,6 +33,7 @@
 #include <cuda_runtime_api.h>
 
 #include "cuda/bsmm_cuda.h"
+#include "cuda/esmm_cuda.h"
 #include "cuda/topk_cuda.h"
 #endif
 
@@ -98,10 +101,11 @@ const uint8_t* forced_mask(const std::optional<Tensor>& forced, const Tensor& we
   return reinterpret_cast<const uint8_t*>(forced->data_ptr<bool>());
 }
 
-// The shape and dtype checks of the three products, the same for every device; `dev` is where
-// all of a call's tensors must be. Index *contents* are the device sections' business.
-void check_forward_args(const Tensor& x, const Tensor& weight, const std::optional<Tensor>& bias,
-                        const at::Device& dev, int64_t block_out, int64_t block_in) {
+// The shape and dtype checks of the three products, the same for every device and both
+// formats; `dev` is where all of a call's tensors must be. Index *contents* are the device
+// sections' business.
+void check_linear_forward(const Tensor& x, const Tensor& weight, const std::optional<Tensor>& bias,
+                          const at::Device& dev) {
   check_matrix(x, "x", dev);
   check_matrix(weight, "weight", dev);
   TORCH_CHECK(x.scalar_type() == weight.scalar_type(), "x must have weight's dtype ", weight.scalar_type(),
@@ -115,28 +119,42 @@ void check_forward_args(const Tensor& x, const Tensor& weight, const std::option
     TORCH_CHECK(bias->scalar_type() == weight.scalar_type(), "bias must have weight's dtype ",
                 weight.scalar_type(), ", got ", bias->scalar_type());
   }
-  check_block_sides(block_out, block_in);
 }
 
-void check_grad_input_args(const Tensor& grad_out, const Tensor& weight, const at::Device& dev, int64_t block_out,
-                           int64_t block_in) {
+void check_linear_grad_input(const Tensor& grad_out, const Tensor& weight, const at::Device& dev) {
   check_matrix(grad_out, "grad_out", dev);
   check_matrix(weight, "weight", dev);
   TORCH_CHECK(grad_out.scalar_type() == weight.scalar_type(), "grad_out must have weight's dtype ",
               weight.scalar_type(), ", got ", grad_out.scalar_type());
   TORCH_CHECK(grad_out.size(1) == weight.size(0), "grad_out must have ", weight.size(0),
               " columns (weight's out_features), got ", grad_out.size(1));
-  check_block_sides(block_out, block_in);
 }
 
-void check_grad_weight_args(const Tensor& grad_out, const Tensor& x, const Tensor& block_row, const Tensor& col_idx,
-                            const at::Device& dev, int64_t block_out, int64_t block_in) {
+void check_linear_grad_weight(const Tensor& grad_out, const Tensor& x, const at::Device& dev) {
   check_matrix(grad_out, "grad_out", dev);
   check_matrix(x, "x", dev);
   TORCH_CHECK(grad_out.scalar_type() == x.scalar_type(), "grad_out must have x's dtype ", x.scalar_type(),
               ", got ", grad_out.scalar_type());
   TORCH_CHECK(grad_out.size(0) == x.size(0), "grad_out and x must have the same number of rows, got ",
               grad_out.size(0), " and ", x.size(0));
+}
+
+// The block products': the same, plus the block sides (and the weight gradient's coordinate list).
+void check_forward_args(const Tensor& x, const Tensor& weight, const std::optional<Tensor>& bias,
+                        const at::Device& dev, int64_t block_out, int64_t block_in) {
+  check_linear_forward(x, weight, bias, dev);
+  check_block_sides(block_out, block_in);
+}
+
+void check_grad_input_args(const Tensor& grad_out, const Tensor& weight, const at::Device& dev, int64_t block_out,
+                           int64_t block_in) {
+  check_linear_grad_input(grad_out, weight, dev);
+  check_block_sides(block_out, block_in);
+}
+
+void check_grad_weight_args(const Tensor& grad_out, const Tensor& x, const Tensor& block_row, const Tensor& col_idx,
+                            const at::Device& dev, int64_t block_out, int64_t block_in) {
+  check_linear_grad_weight(grad_out, x, dev);
   check_block_sides(block_out, block_in);
   check_index_tensor(block_row, "block_row", dev);
   check_index_tensor(col_idx, "col_idx", dev);
@@ -321,33 +339,18 @@ Tensor element_dense_sparse(const Tensor& a, const Tensor& w, const std::optiona
   return finish(y32, a, out);
 }
 
-void check_element_args(const Tensor& a, const char* a_name, const Tensor& b, const char* b_name) {
-  check_matrix(a, a_name, at::Device(at::kCPU));
-  check_matrix(b, b_name, at::Device(at::kCPU));
-  check_cpu_dtype(b, b_name);
-  TORCH_CHECK(a.scalar_type() == b.scalar_type(), a_name, " must have ", b_name, "'s dtype ", b.scalar_type(),
-              ", got ", a.scalar_type());
-}
-
 Tensor esmm_forward_cpu(const Tensor& x, const Tensor& weight, const std::optional<Tensor>& bias,
                         const Tensor& row_ptr, const Tensor& col_idx, const std::optional<Tensor>& out) {
-  check_element_args(x, "x", weight, "weight");
-  TORCH_CHECK(x.size(1) == weight.size(1), "x must have ", weight.size(1), " columns (weight's in_features), got ",
-              x.size(1));
-  if (bias.has_value()) {
-    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == weight.size(0) && bias->is_cpu() &&
-                    bias->scalar_type() == weight.scalar_type(),
-                "bias must be a ", weight.scalar_type(), " CPU tensor of shape (", weight.size(0), ",)");
-  }
+  check_linear_forward(x, weight, bias, at::Device(at::kCPU));
+  check_cpu_dtype(weight, "weight");
   const Tensor ptr = checked_csr(row_ptr, "row_ptr", col_idx, "col_idx", weight.size(0), weight.size(1));
   return element_dense_sparse(x, weight, bias, ptr, col_idx, out);
 }
 
 Tensor esmm_grad_input_cpu(const Tensor& grad_out, const Tensor& weight, const Tensor& col_ptr,
                            const Tensor& row_idx, const std::optional<Tensor>& out) {
-  check_element_args(grad_out, "grad_out", weight, "weight");
-  TORCH_CHECK(grad_out.size(1) == weight.size(0), "grad_out must have ", weight.size(0),
-              " columns (weight's out_features), got ", grad_out.size(1));
+  check_linear_grad_input(grad_out, weight, at::Device(at::kCPU));
+  check_cpu_dtype(weight, "weight");
   const Tensor ptr = checked_csr(col_ptr, "col_ptr", row_idx, "row_idx", weight.size(1), weight.size(0));
   // The forward kernel on W.T: its rows are W's columns, walked by the transposed index.
   return element_dense_sparse(grad_out, weight.t(), std::nullopt, ptr, row_idx, out);
@@ -355,9 +358,8 @@ Tensor esmm_grad_input_cpu(const Tensor& grad_out, const Tensor& weight, const T
 
 Tensor esmm_grad_weight_cpu(const Tensor& grad_out, const Tensor& x, const Tensor& row_ptr, const Tensor& col_idx,
                             const std::optional<Tensor>& out) {
-  check_element_args(grad_out, "grad_out", x, "x");
-  TORCH_CHECK(grad_out.size(0) == x.size(0), "grad_out and x must have the same number of rows, got ",
-              grad_out.size(0), " and ", x.size(0));
+  check_linear_grad_weight(grad_out, x, at::Device(at::kCPU));
+  check_cpu_dtype(x, "x");
   const int64_t n = grad_out.size(1), k = x.size(1);
   const Tensor ptr = checked_csr(row_ptr, "row_ptr", col_idx, "col_idx", n, k);
   const Tensor dy32 = rows_fp32(grad_out), x32 = rows_fp32(x);
@@ -460,8 +462,19 @@ Tensor topk_select_cpu(const Tensor& weight, const std::optional<Tensor>& forced
   return plan;
 }
 
-std::tuple<int64_t, std::optional<Tensor>> topk_apply_cpu(const Tensor& weight, const std::optional<Tensor>& forced,
-                                                          const Tensor& plan, int64_t block_out, int64_t block_in) {
+// (row_ptr, col_idx, col_ptr, row_idx) of what topk_apply kept: int64 pointers, int32 indices.
+using KeptTensors = std::tuple<Tensor, Tensor, Tensor, Tensor>;
+
+template <class T>
+Tensor vector_tensor(const std::vector<T>& v, at::ScalarType dtype) {
+  Tensor t = at::empty({static_cast<int64_t>(v.size())}, at::TensorOptions().dtype(dtype));
+  std::copy(v.begin(), v.end(), t.data_ptr<T>());
+  return t;
+}
+
+std::tuple<int64_t, std::optional<Tensor>, std::optional<KeptTensors>> topk_apply_cpu(
+    const Tensor& weight, const std::optional<Tensor>& forced, const Tensor& plan, int64_t block_out,
+    int64_t block_in, bool with_index) {
   const uint8_t* mask = check_topk_args(weight, forced);
   TORCH_CHECK_VALUE(plan.scalar_type() == at::kLong && plan.dim() == 1 && plan.numel() == cpu::kTopkPlanLength &&
                         plan.device().is_cpu() && plan.is_contiguous(),
@@ -469,16 +482,24 @@ std::tuple<int64_t, std::optional<Tensor>> topk_apply_cpu(const Tensor& weight, 
   TORCH_CHECK_VALUE((block_out == 0 && block_in == 0) || (block_out > 0 && block_in > 0),
                     "block_out and block_in must both be 0 (no block counts) or both positive, got ", block_out,
                     " and ", block_in);
+  TORCH_CHECK_VALUE(!with_index || (weight.size(0) <= INT32_MAX && weight.size(1) <= INT32_MAX),
+                    "with_index needs both sides of weight below 2^31, got ", weight.sizes());
   std::optional<Tensor> counts;
   if (block_out > 0)
     counts = at::empty({idx::num_blocks(weight.size(0), block_out), idx::num_blocks(weight.size(1), block_in)},
                        weight.options().dtype(at::kInt));
+  cpu::KeptIndex index;
   // The plan's chunk count is checked by topk_apply (it must match weight's rows).
   const int64_t nnz = cpu::topk_apply(weight.data_ptr(), topk_dtype(weight), weight.size(0), weight.size(1), mask,
                                       plan.data_ptr<int64_t>(), block_out, block_in,
-                                      counts ? counts->data_ptr<int32_t>() : nullptr, torch_parallel_for);
+                                      counts ? counts->data_ptr<int32_t>() : nullptr,
+                                      with_index ? &index : nullptr, torch_parallel_for);
   TORCH_CHECK_VALUE(nnz >= 0, "plan does not fit weight (was it made by topk_select_cpu for this weight?)");
-  return {nnz, counts};
+  std::optional<KeptTensors> kept;
+  if (with_index)
+    kept = KeptTensors{vector_tensor(index.row_ptr, at::kLong), vector_tensor(index.col_idx, at::kInt),
+                       vector_tensor(index.col_ptr, at::kLong), vector_tensor(index.row_idx, at::kInt)};
+  return {nnz, counts, kept};
 }
 
 std::tuple<Tensor, int64_t, int64_t> topk_floors_cpu(const Tensor& weight, int64_t min_per_row,
@@ -507,9 +528,10 @@ void register_projection_cpu(pybind11::module_& m) {
         "Plan of the exact top-k |weight| projection (read-only; floors in `forced` kept first)",
         pybind11::arg("weight"), pybind11::arg("forced"), pybind11::arg("k"));
   m.def("topk_apply_cpu", &topk_apply_cpu,
-        "Apply a topk_select_cpu plan in place: (nonzeros left, per-block nonzeros or None)",
+        "Apply a topk_select_cpu plan in place: (nonzeros left, per-block nonzeros or None, "
+        "(row_ptr, col_idx, col_ptr, row_idx) of the nonzeros left or None)",
         pybind11::arg("weight"), pybind11::arg("forced"), pybind11::arg("plan"), pybind11::arg("block_out"),
-        pybind11::arg("block_in"));
+        pybind11::arg("block_in"), pybind11::arg("with_index") = false);
 }
 
 // ================================================================ CUDA section
@@ -540,18 +562,16 @@ void check_launch(cudaError_t err, const char* what) {
   TORCH_CHECK(err == cudaSuccess, "sparsekern cuda: ", what, " failed: ", cudaGetErrorString(err));
 }
 
-// out[M, N] = a[M, K] @ B (+ bias), B(k, n) = b[k * sbk + n * sbn] block-sparse (see bsmm_cuda.h).
-Tensor dense_sparse_cuda(const Tensor& a, const Tensor& b_base, int64_t sbk, int64_t sbn, int64_t n,
-                         const std::optional<Tensor>& bias, const Tensor& ptr, const Tensor& ind, int64_t block_k,
-                         int64_t block_n, bool allow_tf32, const std::optional<Tensor>& out_arg, const char* what) {
-  const c10::cuda::CUDAGuard guard(a.device());
-  Tensor out = output(out_arg, {a.size(0), n}, a);  // every element is written by the kernel
-  sk_cuda::FwdArgs args{};
+// The operands of a dense x sparse launch, the same fields in both formats' arguments
+// (bsmm_cuda.h FwdArgs, esmm_cuda.h EsmmFwdArgs): out[M, n] = a[M, K] @ B (+ bias) with B's
+// value (k, n) at b[k * sbk + n * sbn], the listed entries or blocks in `ind`.
+template <class Args>
+void set_dense_sparse_operands(Args& args, const Tensor& a, const Tensor& b, int64_t sbk, int64_t sbn, int64_t n,
+                               const std::optional<Tensor>& bias, const Tensor& ind, const Tensor& out) {
   args.a = a.data_ptr();
-  args.b = b_base.data_ptr();
+  args.b = b.data_ptr();
   args.bias = bias.has_value() ? bias->data_ptr() : nullptr;
   args.out = out.data_ptr();
-  args.ptr = ptr.data_ptr<int32_t>();
   args.idx = ind.data_ptr<int32_t>();
   args.nnz = ind.numel();
   args.M = a.size(0);
@@ -564,9 +584,41 @@ Tensor dense_sparse_cuda(const Tensor& a, const Tensor& b_base, int64_t sbk, int
   args.som = out.stride(0);
   args.son = out.stride(1);
   args.sbias = bias.has_value() ? bias->stride(0) : 0;
+  args.dtype = cuda_dtype(a, "x");
+}
+
+// The operands of a sampled weight-gradient launch, the same fields in both formats' arguments
+// (DwArgs, EsmmDwArgs): out[N, K] = grad_out[M, N].T @ x[M, K] at the listed entries or blocks.
+template <class Args>
+void set_sampled_operands(Args& args, const Tensor& grad_out, const Tensor& x, const Tensor& out, int64_t nnz,
+                          sk_cuda::DType dtype) {
+  args.g = grad_out.data_ptr();
+  args.x = x.data_ptr();
+  args.out = out.data_ptr();
+  args.nnz = nnz;
+  args.M = x.size(0);
+  args.N = grad_out.size(1);
+  args.K = x.size(1);
+  args.sgm = grad_out.stride(0);
+  args.sgn = grad_out.stride(1);
+  args.sxm = x.stride(0);
+  args.sxk = x.stride(1);
+  args.swn = out.stride(0);
+  args.swk = out.stride(1);
+  args.dtype = dtype;
+}
+
+// out[M, N] = a[M, K] @ B (+ bias), B(k, n) = b[k * sbk + n * sbn] block-sparse (see bsmm_cuda.h).
+Tensor dense_sparse_cuda(const Tensor& a, const Tensor& b_base, int64_t sbk, int64_t sbn, int64_t n,
+                         const std::optional<Tensor>& bias, const Tensor& ptr, const Tensor& ind, int64_t block_k,
+                         int64_t block_n, bool allow_tf32, const std::optional<Tensor>& out_arg, const char* what) {
+  const c10::cuda::CUDAGuard guard(a.device());
+  Tensor out = output(out_arg, {a.size(0), n}, a);  // every element is written by the kernel
+  sk_cuda::FwdArgs args{};
+  set_dense_sparse_operands(args, a, b_base, sbk, sbn, n, bias, ind, out);
+  args.ptr = ptr.data_ptr<int32_t>();
   args.block_k = static_cast<int>(block_k);
   args.block_n = static_cast<int>(block_n);
-  args.dtype = cuda_dtype(a, "x");
   args.allow_tf32 = allow_tf32;
   check_launch(sk_cuda::bsmm_fwd(args, c10::cuda::getCurrentCUDAStream(a.device().index()).stream()), what);
   return out;
@@ -621,24 +673,11 @@ Tensor bsmm_grad_weight_cuda(const Tensor& grad_out, const Tensor& x, const Tens
   Tensor target = (splits > 1 && x.scalar_type() != at::kFloat) ? at::zeros({n, k}, x.options().dtype(at::kFloat))
                                                                  : dw.zero_();
   sk_cuda::DwArgs args{};
-  args.g = grad_out.data_ptr();
-  args.x = x.data_ptr();
-  args.out = target.data_ptr();
+  set_sampled_operands(args, grad_out, x, target, nnz, dtype);
   args.block_row = block_row.data_ptr<int32_t>();
   args.col_idx = col_idx.data_ptr<int32_t>();
-  args.nnz = nnz;
-  args.M = m;
-  args.N = n;
-  args.K = k;
-  args.sgm = grad_out.stride(0);
-  args.sgn = grad_out.stride(1);
-  args.sxm = x.stride(0);
-  args.sxk = x.stride(1);
-  args.swn = target.stride(0);
-  args.swk = target.stride(1);
   args.block_out = static_cast<int>(block_out);
   args.block_in = static_cast<int>(block_in);
-  args.dtype = dtype;
   args.allow_tf32 = allow_tf32;
   args.splits = splits;
   check_launch(sk_cuda::bsmm_dw(args, c10::cuda::getCurrentCUDAStream(dev.index()).stream()),
@@ -658,6 +697,135 @@ void register_cuda(pybind11::module_& m) {
         "dW = grad_out.T @ x on active blocks, zeros elsewhere (CUDA)", pybind11::arg("grad_out"), pybind11::arg("x"),
         pybind11::arg("block_row"), pybind11::arg("col_idx"), pybind11::arg("block_out"), pybind11::arg("block_in"),
         pybind11::arg("allow_tf32") = false, pybind11::arg("out") = pybind11::none());
+}
+
+// ------------------------------------------------ element-sparse products (CUDA)
+// csrc/cuda/esmm_cuda.h. Unlike the block section, the index *contents* are checked, by
+// checked_csr on a host copy, so that an invalid index raises (the kernels would stay inside
+// their buffers anyway, see esmm_cuda.h, but compute nonsense). The copy synchronizes, so a
+// passed check is remembered for the index tensors it read (the same TensorImpl, kept from
+// reuse by a weak reference, data pointer and version counter): a layout's index is copied
+// once, not at every call. An in-place change through torch bumps the version and so is
+// checked again; a write torch does not see (through `.data`, or raw memory) is not.
+
+using WeakTensorImpl = c10::weak_intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl>;
+
+struct CheckedIndex {
+  WeakTensorImpl ptr{c10::intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl>()};
+  WeakTensorImpl ind{c10::intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl>()};
+  const void* ptr_data = nullptr;
+  const void* ind_data = nullptr;
+  int64_t ptr_version = -1, ind_version = -1, n_outer = -1, n_inner = -1;
+
+  bool matches(const Tensor& p, const Tensor& i, int64_t outer, int64_t inner) const {
+    return ptr._unsafe_get_target() == p.unsafeGetTensorImpl() && ind._unsafe_get_target() == i.unsafeGetTensorImpl() &&
+           ptr_data == p.data_ptr() && ind_data == i.data_ptr() && ptr_version == p._version() &&
+           ind_version == i._version() && n_outer == outer && n_inner == inner;
+  }
+};
+
+void check_element_index_cuda(const Tensor& ptr, const char* ptr_name, const Tensor& ind, const char* ind_name,
+                              int64_t n_outer, int64_t n_inner, const at::Device& dev) {
+  static std::mutex mutex;
+  static std::array<CheckedIndex, 16> checked;  // the last 16 passed checks, round robin
+  static size_t next = 0;
+  TORCH_CHECK(ptr.device() == dev && ind.device() == dev, ptr_name, " and ", ind_name, " must be on ", dev, ", got ",
+              ptr.device(), " and ", ind.device());
+  TORCH_CHECK(ptr.is_contiguous() && ind.is_contiguous(), ptr_name, " and ", ind_name, " must be contiguous");
+  const bool tracked = !ptr.is_inference() && !ind.is_inference();  // inference tensors have no version
+  if (tracked) {
+    const std::lock_guard<std::mutex> lock(mutex);
+    for (const CheckedIndex& c : checked)
+      if (c.matches(ptr, ind, n_outer, n_inner)) return;
+  }
+  checked_csr(ptr.cpu(), ptr_name, ind.cpu(), ind_name, n_outer, n_inner);  // raises if invalid
+  if (!tracked) return;
+  const std::lock_guard<std::mutex> lock(mutex);
+  CheckedIndex& c = checked[next++ % checked.size()];
+  c.ptr = WeakTensorImpl(ptr.getIntrusivePtr());
+  c.ind = WeakTensorImpl(ind.getIntrusivePtr());
+  c.ptr_data = ptr.data_ptr();
+  c.ind_data = ind.data_ptr();
+  c.ptr_version = ptr._version();
+  c.ind_version = ind._version();
+  c.n_outer = n_outer;
+  c.n_inner = n_inner;
+}
+
+sk_cuda::PtrType ptr_type(const Tensor& ptr) {
+  return ptr.scalar_type() == at::kLong ? sk_cuda::PtrType::kInt64 : sk_cuda::PtrType::kInt32;
+}
+
+// out[M, n] = a[M, K] @ B (+ bias), B(k, n) = b[n * sbn + k * sbk] over the index (see esmm_cuda.h).
+Tensor element_dense_sparse_cuda(const Tensor& a, const Tensor& b, int64_t sbn, int64_t sbk, int64_t n,
+                                 const std::optional<Tensor>& bias, const Tensor& ptr, const Tensor& ind,
+                                 const std::optional<Tensor>& out_arg, const char* what) {
+  const c10::cuda::CUDAGuard guard(a.device());
+  Tensor out = output(out_arg, {a.size(0), n}, a);  // every element is written by the kernel
+  Tensor packed = at::empty({ind.numel()}, a.options());  // b's values in index order; freed in stream order
+  sk_cuda::EsmmFwdArgs args{};
+  set_dense_sparse_operands(args, a, b, sbk, sbn, n, bias, ind, out);
+  args.packed = packed.data_ptr();
+  args.ptr = ptr.data_ptr();
+  args.ptr_type = ptr_type(ptr);
+  check_launch(sk_cuda::esmm_fwd(args, c10::cuda::getCurrentCUDAStream(a.device().index()).stream()), what);
+  return out;
+}
+
+Tensor esmm_forward_cuda(const Tensor& x, const Tensor& weight, const std::optional<Tensor>& bias,
+                         const Tensor& row_ptr, const Tensor& col_idx, const std::optional<Tensor>& out) {
+  TORCH_CHECK(x.is_cuda(), "x must be a CUDA tensor for the cuda backend, got ", x.device());
+  check_linear_forward(x, weight, bias, x.device());
+  cuda_dtype(weight, "weight");
+  check_element_index_cuda(row_ptr, "row_ptr", col_idx, "col_idx", weight.size(0), weight.size(1), x.device());
+  // B = weight.T: output feature n's entries are weight[n, col].
+  return element_dense_sparse_cuda(x, weight, weight.stride(0), weight.stride(1), weight.size(0), bias, row_ptr,
+                                   col_idx, out, "esmm_forward_cuda");
+}
+
+Tensor esmm_grad_input_cuda(const Tensor& grad_out, const Tensor& weight, const Tensor& col_ptr,
+                            const Tensor& row_idx, const std::optional<Tensor>& out) {
+  TORCH_CHECK(grad_out.is_cuda(), "grad_out must be a CUDA tensor for the cuda backend, got ", grad_out.device());
+  check_linear_grad_input(grad_out, weight, grad_out.device());
+  cuda_dtype(weight, "weight");
+  check_element_index_cuda(col_ptr, "col_ptr", row_idx, "row_idx", weight.size(1), weight.size(0), grad_out.device());
+  // The forward kernels on the transposed index: input feature k's entries are weight[row, k].
+  return element_dense_sparse_cuda(grad_out, weight, weight.stride(1), weight.stride(0), weight.size(1), std::nullopt,
+                                   col_ptr, row_idx, out, "esmm_grad_input_cuda");
+}
+
+Tensor esmm_grad_weight_cuda(const Tensor& grad_out, const Tensor& x, const Tensor& row_ptr, const Tensor& col_idx,
+                             const std::optional<Tensor>& out) {
+  TORCH_CHECK(x.is_cuda(), "x must be a CUDA tensor for the cuda backend, got ", x.device());
+  const at::Device dev = x.device();
+  check_linear_grad_weight(grad_out, x, dev);
+  const sk_cuda::DType dtype = cuda_dtype(x, "x");
+  const int64_t m = x.size(0), n = grad_out.size(1), k = x.size(1), nnz = col_idx.numel();
+  check_element_index_cuda(row_ptr, "row_ptr", col_idx, "col_idx", n, k, dev);
+  const c10::cuda::CUDAGuard guard(dev);
+  Tensor dw = output(out, {n, k}, x).zero_();  // exact zeros off the layout; the kernels write the entries
+  if (nnz == 0 || m == 0) return dw;
+  Tensor sums = at::zeros({nnz}, x.options().dtype(at::kFloat));  // fp32 partial sums, added atomically
+  sk_cuda::EsmmDwArgs args{};
+  set_sampled_operands(args, grad_out, x, dw, nnz, dtype);
+  args.sums = sums.data_ptr<float>();
+  args.ptr = row_ptr.data_ptr();
+  args.ptr_type = ptr_type(row_ptr);
+  args.idx = col_idx.data_ptr<int32_t>();
+  check_launch(sk_cuda::esmm_dw(args, c10::cuda::getCurrentCUDAStream(dev.index()).stream()), "esmm_grad_weight_cuda");
+  return dw;
+}
+
+void register_cuda_element(pybind11::module_& m) {
+  m.def("esmm_forward_cuda", &esmm_forward_cuda, "y = x @ W.T + bias over W's listed nonzeros (CUDA)",
+        pybind11::arg("x"), pybind11::arg("weight"), pybind11::arg("bias"), pybind11::arg("row_ptr"),
+        pybind11::arg("col_idx"), pybind11::arg("out") = pybind11::none());
+  m.def("esmm_grad_input_cuda", &esmm_grad_input_cuda, "dx = grad_out @ W over W's listed nonzeros (CUDA)",
+        pybind11::arg("grad_out"), pybind11::arg("weight"), pybind11::arg("col_ptr"), pybind11::arg("row_idx"),
+        pybind11::arg("out") = pybind11::none());
+  m.def("esmm_grad_weight_cuda", &esmm_grad_weight_cuda,
+        "dW = grad_out.T @ x at W's listed nonzeros, zeros elsewhere (CUDA)", pybind11::arg("grad_out"),
+        pybind11::arg("x"), pybind11::arg("row_ptr"), pybind11::arg("col_idx"), pybind11::arg("out") = pybind11::none());
 }
 
 // ------------------------------------------------------ top-k projection (CUDA)
@@ -758,6 +926,7 @@ PYBIND11_MODULE(_C, m) {
   register_projection_cpu(m);
 #ifdef SPARSEKERN_WITH_CUDA
   register_cuda(m);
+  register_cuda_element(m);
   register_projection_cuda(m);
   built_with += ", CUDA kernels (CUDA runtime " + std::to_string(CUDART_VERSION) + ", archs " +
                 SK_STRINGIFY(SPARSEKERN_CUDA_ARCHS) + ")";

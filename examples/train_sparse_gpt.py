@@ -90,7 +90,7 @@ class Config:
     # sparsity
     density: float = 0.0625
     block_size: int = 32
-    format: str = "block"  # the sparse layers' format: "block" kernels or "element" kernels
+    format: str = "auto"  # the sparse layers' format: "auto" (cheapest per layout), "dense", "block", "element"
     granularity: str = "element"
     min_per_neuron: int = 4
     anneal_start: float = 0.01
@@ -290,11 +290,11 @@ def build_model(model_config: dict, *, sparse: bool, seed: int | None = None) ->
         torch.manual_seed(seed)
     model = GPT(**model_config)
     if sparse:
-        model = to_sparse(model, model_config["block_size"], model_config.get("format", "block"))
+        model = to_sparse(model, model_config["block_size"], model_config.get("format", "auto"))
     return model
 
 
-def to_sparse(model: nn.Module, block_size: int, format: str = "block") -> nn.Module:
+def to_sparse(model: nn.Module, block_size: int, format: str = "auto") -> nn.Module:
     """Every ``nn.Linear`` of ``model`` as a dense-start ``SparseLinear(dense_grad=True)``, in place."""
     # dense_grad: the full dense weight gradient, so a projection can regrow pruned weights.
     return sparsekern.sparsify(model, density=1.0, block_size=block_size, dense_grad=True, format=format)
@@ -525,7 +525,7 @@ def layer_report(model: nn.Module, cfg: Config) -> dict:
     for name, m in sparse_layers(model).items():
         numel = m.weight.numel()
         entry = {"shape": list(m.weight.shape), "nnz": int(torch.count_nonzero(m.weight)), "format": m.format}
-        if m.format == "block":
+        if isinstance(m.layout, sparsekern.BlockLayout):
             grid_rows, grid_cols = m.layout.grid
             entry.update(active_blocks=m.layout.nnz_blocks, blocks=grid_rows * grid_cols)
         else:
@@ -703,9 +703,10 @@ def parse_args(argv=None) -> Config:
     arg("--granularity", choices=("element", "block"), default=defaults.granularity,
         help="project single weights (the published recipe) or whole blocks")
     arg("--block-size", type=int, default=defaults.block_size, help="SparseLinear block side")
-    arg("--format", choices=("block", "element"), default=defaults.format,
-        help="the sparse layers' kernels: block (32x32 blocks: at element-wise densities every block stays "
-             "active) or element (the nonzeros themselves)")
+    arg("--format", choices=sparsekern.SparseLinear.FORMATS, default=defaults.format,
+        help="the sparse layers' format: auto (per layer and step, the cheapest of the others for its "
+             "nonzeros), dense (F.linear on the masked weight), block (32x32 blocks: at element-wise "
+             "densities every block stays active) or element (the nonzeros themselves)")
     arg("--min-per-neuron", type=int, default=defaults.min_per_neuron,
         help="nonzeros kept in every output row (block mode: in blocks, rounded up)")
     arg("--grad-clip-rms", type=float, default=defaults.grad_clip_rms, help="global gradient-RMS clip; 0 = off")

@@ -2,8 +2,8 @@
 
 ``static_report()`` compiles each kernel source for sm_80 and sm_90a (``nvcc -ptx``, then
 ``ptxas -v``) and returns one row per kernel variant: registers, spill bytes, shared memory
-and the tensor-core instruction it uses, the top-k projection's kernels (``TOPK_SOURCES``)
-included. ``sparsekern-bench --static`` prints these rows; tests/test_cuda_build.py and
+and the tensor-core instruction it uses, the element format's (``ELEMENT_SOURCES``) and the
+top-k projection's kernels (``TOPK_SOURCES``) included. ``sparsekern-bench --static`` prints these rows; tests/test_cuda_build.py and
 tests/test_projection_cuda_build.py assert on them (no spills; mma.sync where expected).
 
 Compiling takes about a minute on a small machine, so results are cached in the temporary
@@ -24,6 +24,9 @@ ROOT = Path(__file__).resolve().parents[1]
 CUDA_DIR = ROOT / "csrc" / "cuda"
 # Kernel sources and the number of variants (entry points) each instantiates.
 SOURCES = {"bsmm_fwd.cu": 24, "bsmm_dw.cu": 12}
+# The element format's kernels (CUDA-core FMAs, no tensor cores): per source, 6 variants
+# (fp32/fp16/bf16 x int32/int64 pointers) of each of its two kernels.
+ELEMENT_SOURCES = {"esmm_fwd.cu": 12, "esmm_dw.cu": 12}
 # The top-k projection's kernels (no tensor cores; 32-bit keys for fp32, 16-bit for fp16/bf16).
 TOPK_SOURCES = {"topk_select.cu": 7, "topk_apply.cu": 2}
 ARCHS = {80: "sm_80", 90: "sm_90a"}
@@ -128,6 +131,15 @@ def describe(mangled: str) -> dict:
     return dict(kernel="bsmm_dw", mode=m.group(1), tile=(int(m.group(2)), int(m.group(2))))
 
 
+_ELEMENT_DTYPES = {"f": "fp32", "6__half": "fp16", "13__nv_bfloat16": "bf16"}
+
+
+def describe_element(mangled: str) -> dict:
+    """Kernel, dtype and pointer width of a mangled entry name of csrc/cuda/esmm_*."""
+    m = re.search(r"(esmm_[a-z]+)_kernelI(f|6__half|13__nv_bfloat16)([il])E", mangled)
+    return dict(kernel=m.group(1), dtype=_ELEMENT_DTYPES[m.group(2)], pointers="int64" if m.group(3) == "l" else "int32")
+
+
 def describe_topk(mangled: str) -> dict:
     """Kernel and dtypes of a mangled entry name of csrc/cuda/topk_*: templates over the key
     bits (uint32_t: fp32; uint16_t: fp16 and bf16), or none (one-CTA bookkeeping kernels)."""
@@ -158,6 +170,14 @@ def static_report() -> list[dict]:
                                  tf32=tf32, registers=entry["registers"],
                                  spill_bytes=entry["spill_stores"] + entry["spill_loads"] + entry["stack"],
                                  shared_bytes=entry["shared_bytes"], tensor_core=instruction))
+    for source in ELEMENT_SOURCES:
+        for arch in ARCHS:
+            for entry in parse_ptxas(compile_source(source, arch)[1]):
+                info = describe_element(entry["name"])
+                rows.append(dict(kernel=f"element/{info['kernel']} ({info['pointers']} pointers)", arch=arch,
+                                 dtype=info["dtype"], block_size="-", tf32=False, registers=entry["registers"],
+                                 spill_bytes=entry["spill_stores"] + entry["spill_loads"] + entry["stack"],
+                                 shared_bytes=entry["shared_bytes"], tensor_core="none (fp32 FMA)"))
     for source in TOPK_SOURCES:
         for arch in ARCHS:
             for entry in parse_ptxas(compile_source(source, arch)[1]):

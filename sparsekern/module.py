@@ -5,7 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .dense import masked_dense_linear
 from .element import ElementLayout
+from .formats import FORMATS, check_format, choose_format, entry_count, layout_for, whole_blocks  # noqa: F401
 from .layout import BlockLayout, block_grid, check_density, count_for_density, normalize_block_size
 from .linear import sparse_linear
 from .projection.reference import block_norms, top_blocks  # noqa: F401  (re-exported)
@@ -16,33 +18,33 @@ def _refresh_layout_after_load(module, incompatible_keys) -> None:
     module.refresh_layout()
 
 
-# The formats a layer can run; "auto" (a choice by cost that follows the layout) is to come.
-FORMATS = ("block", "element")
-
-
-def check_format(format) -> str:
-    if format not in FORMATS:
-        raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
-    return format
-
-
 class SparseLinear(nn.Module):
     """``nn.Linear`` with a sparse weight.
 
     The same ``weight`` and ``bias`` parameters, shapes, ``state_dict`` keys and
     initialisation as ``nn.Linear``; a random layout of ``density`` drawn from torch's RNG at
-    construction, the weight zeroed outside it. ``format="block"`` (the default): a
-    ``BlockLayout``, ``density`` the fraction of active blocks, the block kernels;
-    ``format="element"``: an ``ElementLayout``, ``density`` the fraction of entries, the
-    element kernels. The format holds through projections and loads; ``.format`` says it.
-    Loading a state_dict refreshes the layout from the loaded weight's nonzeros.
+    construction, the weight zeroed outside it: with ``format="element"`` an
+    ``ElementLayout``, ``density`` the fraction of entries; otherwise a ``BlockLayout``,
+    ``density`` the fraction of active blocks.
+
+    ``format``: ``"auto"`` (the default) runs whichever of dense ``F.linear`` on the masked
+    weight, the block kernels or the element kernels is cheapest for the layer's current
+    nonzeros on its device and dtype (``sparsekern.formats``), chosen again each time the
+    layout changes (construction, projection, ``refresh_layout``, a loaded state_dict, a
+    move to another device or dtype); ``"dense"``, ``"block"`` or ``"element"`` hold from
+    construction on. ``.format`` is what runs now; ``.layout`` its layout (a ``BlockLayout``
+    or an ``ElementLayout``; the dense format keeps the layout whose mask it applies);
+    every format computes the same function. Loading a state_dict refreshes the layout from
+    the loaded weight's nonzeros.
     """
 
+    #: The formats a layer can be asked for.
+    FORMATS = FORMATS
     #: What ``project_`` keeps by default: single entries ("element") or whole blocks ("block").
     granularity: str = "element"
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
-                 density: float = 0.0625, block_size=32, dense_grad: bool = False, format: str = "block",
+                 density: float = 0.0625, block_size=32, dense_grad: bool = False, format: str = "auto",
                  device=None, dtype=None):
         super().__init__()
         self._configure(in_features, out_features, density, block_size, dense_grad, format)
@@ -56,15 +58,17 @@ class SparseLinear(nn.Module):
         # A meta module (deferred initialisation) keeps its layout on the CPU until to_empty().
         layout_device = "cpu" if self.weight.is_meta else self.weight.device
         shape = (out_features, in_features)
-        if self.format == "element":
-            self.layout = ElementLayout.random(shape, self.density, device=layout_device)
+        if self.requested_format == "element":
+            layout = ElementLayout.random(shape, self.density, device=layout_device)
         else:
-            self.layout = BlockLayout.random(shape, self.block_size, self.density, device=layout_device)
+            layout = BlockLayout.random(shape, self.block_size, self.density, device=layout_device)
         with torch.no_grad():
-            self.weight.masked_fill_(~self.layout.to_mask().to(self.weight.device), 0)
+            self.weight.masked_fill_(~layout.to_mask().to(self.weight.device), 0)
+        self._adopt(layout)
 
-    def _configure(self, in_features, out_features, density, block_size, dense_grad, format="block"):
-        self.format = check_format(format)
+    def _configure(self, in_features, out_features, density, block_size, dense_grad, format="auto"):
+        #: What the user asked for: "auto", "dense", "block" or "element".
+        self.requested_format = check_format(format)
         self.in_features = in_features
         self.out_features = out_features
         self.density = check_density(density)
@@ -74,15 +78,37 @@ class SparseLinear(nn.Module):
         self.register_load_state_dict_post_hook(_refresh_layout_after_load)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.format == "dense":
+            return masked_dense_linear(x, self.weight, self.layout, self.bias, mask=self._dense_mask,
+                                       dense_weight_grad=self.dense_grad)
         return sparse_linear(x, self.weight, self.layout, self.bias, dense_weight_grad=self.dense_grad)
 
     # ------------------------------------------------------------------ layout
-    def refresh_layout(self):
-        """Recompute the layout from the weight's nonzeros (block format: blocks holding any)."""
-        if self.format == "element":
-            self.layout = ElementLayout.from_weight(self.weight)
+    def _adopt(self, sparsity, whole=None) -> None:
+        """Make ``sparsity`` (a layout) the layer's function and choose the format that runs it.
+        ``whole``: for an ``ElementLayout``, the ``BlockLayout`` of exactly its entries when
+        they are whole blocks (then the block kernels are a candidate too)."""
+        self._sparsity, self._whole_blocks = sparsity, whole
+        device = "cpu" if self.weight.is_meta else self.weight.device
+        if self.requested_format == "auto":
+            self.format = choose_format(sparsity, device, self.weight.dtype, blocks=whole)
         else:
-            self.layout = BlockLayout.from_weight(self.weight, self.block_size)
+            self.format = self.requested_format
+        self.layout = layout_for(self.format, sparsity, blocks=whole)
+        self._dense_mask = self.layout.to_mask() if self.format == "dense" else None
+
+    def refresh_layout(self):
+        """Recompute the layout from the weight's nonzeros (block format: the blocks holding any)
+        and, with ``format="auto"``, choose the format again."""
+        if self.requested_format == "block":
+            self._adopt(BlockLayout.from_weight(self.weight, self.block_size))
+            return self.layout
+        entries = ElementLayout.from_weight(self.weight)
+        whole = None
+        if self.requested_format == "auto" and entries.nnz:
+            blocks = BlockLayout.from_weight(self.weight, self.block_size)
+            whole = blocks if entry_count(blocks) == entries.nnz else None
+        self._adopt(entries, whole)
         return self.layout
 
     def project_(self, density: float | None = None, *, granularity: str | None = None, min_per_row: int = 0,
@@ -106,7 +132,16 @@ class SparseLinear(nn.Module):
         return prepare_projection(
             self.weight, self._projection_k(density, granularity), granularity=granularity,
             block_size=self.block_size, min_per_row=min_per_row, backend=backend,
+            element_layout=self._sparsity_of(granularity) == "element",
         )
+
+    def _sparsity_of(self, granularity: str) -> str:
+        """The kind of layout a projection at ``granularity`` leaves: the block format keeps
+        the blocks holding nonzeros, the element format the nonzeros; the others follow
+        the projection (whole blocks stay blocks, so the block kernels stay a candidate)."""
+        if self.requested_format in ("block", "element"):
+            return self.requested_format
+        return granularity
 
     def _projection_k(self, density, granularity: str) -> int:
         density = self.density if density is None else check_density(density)
@@ -116,29 +151,36 @@ class SparseLinear(nn.Module):
         return count_for_density(density, self.out_features * self.in_features)
 
     def apply_projection(self, plan):
-        """The second half of ``project_``: writes the weight and rebuilds the layout (block
-        format: from the pass's own per-block counts; element format: from the projected
-        weight's nonzeros, a second pass over it for now)."""
+        """The second half of ``project_``: writes the weight and rebuilds the layout from the
+        projection's own pass (its per-block counts, or the element index it listed while
+        writing), then, with ``format="auto"``, chooses the format again."""
         result = plan.apply()
-        if self.format == "element":
-            self.layout = ElementLayout.from_weight(self.weight)
+        shape = (self.out_features, self.in_features)
+        if self._sparsity_of(plan.granularity) == "element":
+            whole = None
+            if self.requested_format == "auto" and result.nnz:
+                whole = whole_blocks(result.block_counts, self.block_size, shape)
+            self._adopt(result.element_layout, whole)
         else:
-            self.layout = BlockLayout.from_block_mask(result.block_counts > 0, self.block_size,
-                                                      (self.out_features, self.in_features))
+            self._adopt(BlockLayout.from_block_mask(result.block_counts > 0, self.block_size, shape))
         return result
 
     def _apply(self, fn, *args, **kwargs):
         super()._apply(fn, *args, **kwargs)
         if not self.weight.is_meta:
-            self.layout = self.layout.to(self.weight.device)  # the index lives with the weight
+            # The index lives with the weight; a new device or dtype may favour another format.
+            device = self.weight.device
+            whole = self._whole_blocks.to(device) if self._whole_blocks is not None else None
+            self._adopt(self._sparsity.to(device), whole)
         return self
 
     # ------------------------------------------------------------- conversion
     @classmethod
     def from_dense(cls, linear: nn.Linear, *, density: float, block_size=32,
-                   dense_grad: bool = False, format: str = "block") -> "SparseLinear":
+                   dense_grad: bool = False, format: str = "auto") -> "SparseLinear":
         """Keep the blocks of ``linear.weight`` of largest L2 norm (ties: lowest row-major index),
-        or with ``format="element"`` its entries of largest magnitude (the projection's rule)."""
+        or with ``format="element"`` its entries of largest magnitude (the projection's rule);
+        ``format`` as in the constructor."""
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"linear must be an nn.Linear, got {type(linear).__name__}")
         density = check_density(density)
@@ -162,7 +204,7 @@ class SparseLinear(nn.Module):
                 module.bias = nn.Parameter(linear.bias.detach().clone())
             else:
                 module.register_parameter("bias", None)
-        module.layout = layout
+        module._adopt(layout)
         return module
 
     def to_dense(self) -> nn.Linear:
@@ -177,5 +219,7 @@ class SparseLinear(nn.Module):
 
     def extra_repr(self) -> str:
         block = f", block_size={self.block_size}" if self.format == "block" else ""
+        running = f" (running {self.format!r})" if self.requested_format == "auto" else ""
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"bias={self.bias is not None}, density={self.density}, format={self.format!r}{block}")
+                f"bias={self.bias is not None}, density={self.density}, "
+                f"format={self.requested_format!r}{running}{block}")

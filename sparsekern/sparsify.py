@@ -33,7 +33,7 @@ def _patterns(value, name: str) -> list[str] | None:
 
 
 def sparsify(model: nn.Module, *, density: float, block_size=32, include=None, exclude=None,
-             dense_grad: bool = False, format: str = "block") -> nn.Module:
+             dense_grad: bool = False, format: str = "auto") -> nn.Module:
     """Replace ``nn.Linear`` modules of ``model`` by ``SparseLinear.from_dense``, in place.
 
     All of them, or those whose qualified name (as in ``model.named_modules()``) matches

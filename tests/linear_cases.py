@@ -92,3 +92,11 @@ def _run_linear_case(backend, dtype, M, N, K, block_size, density, bias, batch_s
     if bias:
         assert_close_to_reference(br.grad.cpu(), g64.sum(0).cpu(), g2.sum(0).cpu(), name=f"{backend} dbias")
     return layout
+
+
+def layout_of_weight(layer):
+    """The layout a layer must hold after a projection or a refresh: its weight's nonzeros, as
+    entries (element format, or dense/auto over entries) or as the blocks holding them."""
+    if isinstance(layer.layout, sparsekern.ElementLayout):
+        return sparsekern.ElementLayout.from_weight(layer.weight)
+    return sparsekern.BlockLayout.from_weight(layer.weight, layer.block_size)

@@ -30,16 +30,17 @@ def _nvcc():
 
 needs_nvcc = pytest.mark.skipif(_nvcc() is None, reason="nvcc not found: the CUDA kernels cannot be compiled here")
 ARCHS = sorted(cuda_static.ARCHS)
+ALL_SOURCES = {**cuda_static.SOURCES, **cuda_static.ELEMENT_SOURCES, **cuda_static.TOPK_SOURCES}
 
 
 @needs_nvcc
 @pytest.mark.parametrize("arch", ARCHS)
-@pytest.mark.parametrize("source", sorted({**cuda_static.SOURCES, **cuda_static.TOPK_SOURCES}))
+@pytest.mark.parametrize("source", sorted(ALL_SOURCES))
 def test_no_spills(source, arch):
-    # Every CUDA source, matmul and projection: one nvcc -ptx and one ptxas -v per
-    # (source, arch), with the build's flags; cached.
+    # Every CUDA source, matmul (both formats) and projection: one nvcc -ptx and one ptxas -v
+    # per (source, arch), with the build's flags; cached.
     entries = cuda_static.parse_ptxas(cuda_static.compile_source(source, arch)[1])
-    expected = {**cuda_static.SOURCES, **cuda_static.TOPK_SOURCES}[source]
+    expected = ALL_SOURCES[source]
     assert len(entries) == expected, f"expected {expected} kernels, ptxas compiled {len(entries)}"
     spilling = [e for e in entries if e["stack"] or e["spill_stores"] or e["spill_loads"]]
     assert not spilling, f"kernels with a stack frame or spills on sm_{arch}: {spilling}"

@@ -80,7 +80,7 @@ def test_to_dense_computes_the_same_function():
 
 def test_dense_state_dict_loads_and_layout_follows():
     torch.manual_seed(3)
-    m = SparseLinear(64, 32, density=0.25, block_size=16)
+    m = SparseLinear(64, 32, density=0.25, block_size=16, format="block")
     dense = nn.Linear(64, 32)
     with torch.no_grad():
         dense.weight[:, 16:] = 0  # only the first block column holds weights
@@ -105,9 +105,12 @@ def test_checkpoint_round_trip():
 
 
 def test_extra_repr_shows_the_arguments():
-    m = SparseLinear(64, 32, bias=False, density=0.125, block_size=(16, 32))
+    m = SparseLinear(64, 32, bias=False, density=0.125, block_size=(16, 32), format="block")
     assert repr(m) == ("SparseLinear(in_features=64, out_features=32, bias=False, "
                        "density=0.125, format='block', block_size=(16, 32))")
+    m = SparseLinear(64, 32, bias=False, density=1.0, format="auto")
+    assert repr(m) == ("SparseLinear(in_features=64, out_features=32, bias=False, "
+                       "density=1.0, format='auto' (running 'dense'))")
 
 
 def test_module_dtype_conversion_and_optimizer_step():

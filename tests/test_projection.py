@@ -285,7 +285,8 @@ def test_cpu_entry_points_check_their_arguments():
     bad[3] = 64  # more row chunks than weight has rows
     with pytest.raises(ValueError, match="plan does not fit weight"):
         ext.topk_apply_cpu(w, None, bad, 0, 0)
-    nnz, counts = ext.topk_apply_cpu(w, None, plan, 0, 0)
+    nnz, counts, index = ext.topk_apply_cpu(w, None, plan, 0, 0)
+    assert index is None
     assert nnz == 5 and counts is None
 
 

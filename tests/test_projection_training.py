@@ -8,6 +8,7 @@ from torch import nn
 
 import sparsekern
 from sparsekern import DensitySchedule, Projector, SparseLinear, count_for_density, sparsify
+from linear_cases import layout_of_weight
 
 from conftest import assert_close_to_reference
 from projection_cases import bits
@@ -61,7 +62,7 @@ def test_schedule_rejects_bad_steps():
 # ------------------------------------------------------------------ project_
 @pytest.mark.parametrize("granularity", ["element", "block"])
 def test_project_refreshes_layout(granularity, generator):
-    layer = SparseLinear(100, 70, density=1.0, block_size=(16, 32))
+    layer = SparseLinear(100, 70, density=1.0, block_size=(16, 32), format="block")
     with torch.no_grad():
         layer.weight.copy_(torch.randn(70, 100, generator=generator))
     result = layer.project_(0.1, granularity=granularity)
@@ -156,7 +157,7 @@ def test_projector_projects_every_layer_on_schedule():
             n = layer.weight.numel()
             assert result.k == count_for_density(density, n) == int((layer.weight != 0).sum())
             assert ((layer.weight != 0).sum(1) >= 2).all()
-            assert layer.layout == sparsekern.BlockLayout.from_weight(layer.weight, layer.block_size)
+            assert layer.layout == layout_of_weight(layer)
     assert projector.steps == 8
 
 

@@ -5,6 +5,7 @@ from torch import nn
 
 import sparsekern
 from sparsekern import DensitySchedule, Projector, SparseLinear, count_for_density, sparsify
+from linear_cases import layout_of_weight
 
 
 def test_sparse_training_reaches_target_and_learns():
@@ -37,4 +38,4 @@ def test_sparse_training_reaches_target_and_learns():
         target = count_for_density(final_density, layer.weight.numel())
         assert int((layer.weight != 0).sum()) == target
         assert ((layer.weight != 0).sum(1) >= 4).all()  # the per-neuron floor
-        assert layer.layout == sparsekern.BlockLayout.from_weight(layer.weight, layer.block_size)
+        assert layer.layout == layout_of_weight(layer)

@@ -18,7 +18,12 @@ def reports():
 def test_every_kernel_compiles_for_both_archs(reports):
     seen = {(r["kernel"], r["arch"]) for r in reports}
     kernels = {r["kernel"] for r in reports}
-    assert kernels == {"bsmm_fwd/forward", "bsmm_fwd/grad_input", "bsmm_dw/grad_weight"}
+    assert kernels == {"bsmm_fwd/forward", "bsmm_fwd/grad_input", "bsmm_dw/grad_weight",
+                       "esmm_fwd/forward", "esmm_fwd/grad_input", "esmm_dw/grad_weight"}
+    # The element kernels have no block size, and run fp32 as IEEE only (CUDA cores).
+    element = [r for r in reports if r["kernel"].startswith("esmm")]
+    assert {r["block_size"] is None and not r["tf32"] for r in element} == {True}
+    assert {(r["arch"], r["dtype"]) for r in element} == {(a, d) for a in (80, 90) for d in ("fp16", "bf16", "fp32")}
     assert seen == {(k, a) for k in kernels for a in (80, 90)}
 
 
@@ -34,6 +39,8 @@ def test_tensor_core_instructions(reports):
         assert r["tensor_core"] == expected, case
     # The rule itself, so that a change to it shows here: IEEE fp32 stays off the tensor cores.
     assert {r["tensor_core"] for r in reports if r["dtype"] == "fp32" and not r["tf32"]} == {"none"}
+    # The element kernels are CUDA-core gathers: no tensor-core instruction in any dtype.
+    assert {r["tensor_core"] for r in reports if r["kernel"].startswith("esmm")} == {"none"}
     assert {r["tensor_core"] for r in reports if r["arch"] == 90} == {"wgmma", "mma.sync", "none"}
 
 

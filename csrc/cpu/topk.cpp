@@ -14,7 +14,7 @@ namespace cpu {
                     uint32_t* min_key);                                                                         \
   int64_t apply(void* data, TopkDtype dtype, int64_t rows, int64_t cols, const uint8_t* forced,               \
                 const int64_t* plan, int64_t block_out, int64_t block_in, int32_t* block_counts,              \
-                ParallelFor parallel_for);                                                                      \
+                KeptIndex* index, ParallelFor parallel_for);                                                    \
   }
 SK_TOPK_DECLARE(portable_topk)
 SK_TOPK_DECLARE(avx2_topk)
@@ -49,15 +49,17 @@ TopkStatus topk_floors(const void* data, TopkDtype dtype, int64_t rows, int64_t 
 
 int64_t topk_apply(void* data, TopkDtype dtype, int64_t rows, int64_t cols, const uint8_t* forced,
                    const int64_t* plan, int64_t block_out, int64_t block_in, int32_t* block_counts,
-                   ParallelFor parallel_for) {
+                   KeptIndex* index, ParallelFor parallel_for) {
   if (rows <= 0 || cols <= 0 || data == nullptr || plan == nullptr || dtype < kTopkF32 || dtype > kTopkBF16)
     return -1;
   if (plan[kPlanChunks] < 1 || plan[kPlanChunks] > kTopkMaxChunks || plan[kPlanChunks] > rows) return -1;
   if (block_out > 0 && (block_in <= 0 || block_counts == nullptr)) return -1;
+  // The index holds int32 positions: rows and columns must fit.
+  if (index != nullptr && (rows > INT32_MAX || cols > INT32_MAX)) return -1;
   return use_avx2() ? avx2_topk::apply(data, dtype, rows, cols, forced, plan, block_out, block_in, block_counts,
-                                       parallel_for)
+                                       index, parallel_for)
                     : portable_topk::apply(data, dtype, rows, cols, forced, plan, block_out, block_in,
-                                           block_counts, parallel_for);
+                                           block_counts, index, parallel_for);
 }
 
 }  // namespace cpu

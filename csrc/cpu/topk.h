@@ -19,6 +19,7 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include "bsmm_cpu.h"  // ParallelFor: the caller's parallel loop (torch's thread pool)
 
@@ -58,13 +59,24 @@ TopkStatus topk_floors(const void* data, TopkDtype dtype, int64_t rows, int64_t 
                        int64_t min_per_col, ParallelFor parallel_for, uint8_t* mask, int64_t* count,
                        uint32_t* min_key);
 
+// The entries topk_apply leaves nonzero, listed in its write pass (each row is listed while
+// it is still in L1, right after it is written), so an element layout needs no second pass
+// over the weight: row-major (CSR, columns ascending within a row) and its transpose (CSC,
+// rows ascending within a column, by a counting sort over the list, O(nnz)).
+struct KeptIndex {
+  std::vector<int64_t> row_ptr;  // rows + 1
+  std::vector<int32_t> col_idx;  // nnz
+  std::vector<int64_t> col_ptr;  // cols + 1
+  std::vector<int32_t> row_idx;  // nnz
+};
+
 // Applies a plan from topk_select on the same data, forced mask and shape. When
 // block_out > 0, block_counts (ceil(rows/block_out) x ceil(cols/block_in) int32) receives
-// the nonzeros left in every block. Returns the nonzeros left (negative zeros count as
-// zero), or -1 on a bad argument.
+// the nonzeros left in every block; when index is not nullptr, it receives their index.
+// Returns the nonzeros left (negative zeros count as zero), or -1 on a bad argument.
 int64_t topk_apply(void* data, TopkDtype dtype, int64_t rows, int64_t cols, const uint8_t* forced,
                    const int64_t* plan, int64_t block_out, int64_t block_in, int32_t* block_counts,
-                   ParallelFor parallel_for);
+                   KeptIndex* index, ParallelFor parallel_for);
 
 }  // namespace cpu
 }  // namespace sparsekern

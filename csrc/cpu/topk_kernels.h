@@ -344,9 +344,66 @@ TopkStatus select_impl(const typename K::Bits* p, int64_t rows, int64_t cols, co
   return kTopkOk;
 }
 
+// Appends the columns of row's nonzeros to buf (from position listed on, growing it as
+// needed) and their count to counts[r + 1]. Each group of 32 entries becomes a bit mask
+// of its nonzeros (a loop the compiler vectorises), and only the set bits are visited:
+// the cost follows the nonzeros, not the row's width.
+template <class Bits, uint32_t kMask>
+void list_row_impl(const Bits* row, int64_t cols, int64_t r, std::vector<int32_t>& buf, int64_t& listed,
+                   int64_t* counts) {
+  if (static_cast<int64_t>(buf.size()) < listed + cols) buf.resize(std::max<int64_t>(2 * buf.size(), listed + cols));
+  int32_t* out = buf.data();
+  int64_t n = listed;
+  int64_t j0 = 0;
+  for (; j0 + 32 <= cols; j0 += 32) {
+    uint32_t bits = 0;
+    for (int t = 0; t < 32; ++t) bits |= static_cast<uint32_t>((row[j0 + t] & kMask) != 0) << t;
+    for (; bits; bits &= bits - 1) out[n++] = static_cast<int32_t>(j0 + __builtin_ctz(bits));
+  }
+  for (int64_t j = j0; j < cols; ++j) {
+    out[n] = static_cast<int32_t>(j);
+    n += (row[j] & kMask) != 0;
+  }
+  counts[r + 1] = n - listed;
+  listed = n;
+}
+
+// The transposed index of a finished CSR, in index->col_ptr / row_idx: a counting sort by
+// column over row ranges ("parts", each with its own column histogram, memory-capped), so
+// rows stay ascending within a column.
+void transpose_index(int64_t rows, int64_t cols, int64_t n_chunks, KeptIndex* index, ParallelFor parallel_for) {
+  const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(n_chunks, (int64_t(1) << 24) / cols));
+  std::vector<int64_t> starts(parts * cols, 0);
+  const int64_t* row_ptr = index->row_ptr.data();
+  const int32_t* col_idx = index->col_idx.data();
+  run_chunks(parallel_for, parts, [&](int q) {
+    int64_t* hist = &starts[q * cols];
+    for (int64_t t = row_ptr[chunk_row(rows, parts, q)]; t < row_ptr[chunk_row(rows, parts, q + 1)]; ++t)
+      hist[col_idx[t]]++;
+  });
+  index->col_ptr.assign(cols + 1, 0);
+  for (int64_t j = 0; j < cols; ++j) {  // part q's entries of column j follow parts < q
+    int64_t at = index->col_ptr[j];
+    for (int64_t q = 0; q < parts; ++q) {
+      const int64_t count = starts[q * cols + j];
+      starts[q * cols + j] = at;
+      at += count;
+    }
+    index->col_ptr[j + 1] = at;
+  }
+  index->row_idx.resize(index->col_idx.size());
+  int32_t* row_idx = index->row_idx.data();
+  run_chunks(parallel_for, parts, [&](int q) {
+    int64_t* next = &starts[q * cols];
+    for (int64_t r = chunk_row(rows, parts, q); r < chunk_row(rows, parts, q + 1); ++r)
+      for (int64_t t = row_ptr[r]; t < row_ptr[r + 1]; ++t) row_idx[next[col_idx[t]]++] = static_cast<int32_t>(r);
+  });
+}
+
 template <class K, bool kForcedMask>
 int64_t apply_impl(typename K::Bits* p, int64_t rows, int64_t cols, const uint8_t* forced, const int64_t* plan,
-                   int64_t block_out, int64_t block_in, int32_t* block_counts, ParallelFor parallel_for) {
+                   int64_t block_out, int64_t block_in, int32_t* block_counts, KeptIndex* index,
+                   ParallelFor parallel_for) {
   const int64_t n_chunks = plan[kPlanChunks];
   const uint32_t cutoff = static_cast<uint32_t>(plan[kPlanCutoff]);
   const bool per_block = block_out > 0;
@@ -356,13 +413,18 @@ int64_t apply_impl(typename K::Bits* p, int64_t rows, int64_t cols, const uint8_
   // Each chunk counts into its own block rows' slice; a block row split between two
   // chunks is summed after the join.
   std::vector<std::vector<int32_t>> local(n_chunks);
+  // With an index: each chunk lists its kept columns, row by row, in its own buffer.
+  std::vector<std::vector<int32_t>> kept(index ? n_chunks : 0);
+  if (index) index->row_ptr.assign(rows + 1, 0);
+  const int64_t expected_kept = plan[kPlanGreater] + plan[kPlanTies];
   run_chunks(parallel_for, n_chunks, [&](int c) {
     const int64_t r0 = chunk_row(rows, n_chunks, c), r1 = chunk_row(rows, n_chunks, c + 1);
     int64_t budget = plan[kPlanQuota + c];
     // Most chunks keep all their ties or none: then keep exactly the keys >= keep_from.
     const bool split_ties = budget > 0 && budget < plan[kPlanChunkTies + c];
     const uint32_t keep_from = budget > 0 ? cutoff : cutoff + 1;
-    int64_t nz_total = 0;
+    int64_t nz_total = 0, listed = 0;
+    if (index) kept[c].resize(expected_kept * (r1 - r0) / rows * 5 / 4 + cols);
     const int64_t br0 = per_block ? r0 / block_out : 0;
     if (per_block && r1 > r0) local[c].assign(((r1 - 1) / block_out - br0 + 1) * n_block_cols, 0);
     for (int64_t r = r0; r < r1; ++r) {
@@ -393,11 +455,21 @@ int64_t apply_impl(typename K::Bits* p, int64_t rows, int64_t cols, const uint8_
         nz_total += nz;
         if (per_block) local[c][(r / block_out - br0) * n_block_cols + bc] += static_cast<int32_t>(nz);
       }
+      if (index) list_row_impl<typename K::Bits, K::kMask>(row, cols, r, kept[c], listed, index->row_ptr.data());
     }
     nonzeros[c] = nz_total;
+    if (index) kept[c].resize(listed);
   });
   int64_t total = 0;
   for (int64_t c = 0; c < n_chunks; ++c) total += nonzeros[c];
+  if (index) {
+    for (int64_t r = 0; r < rows; ++r) index->row_ptr[r + 1] += index->row_ptr[r];
+    index->col_idx.resize(total);
+    run_chunks(parallel_for, n_chunks, [&](int c) {
+      std::copy(kept[c].begin(), kept[c].end(), index->col_idx.begin() + index->row_ptr[chunk_row(rows, n_chunks, c)]);
+    });
+    transpose_index(rows, cols, n_chunks, index, parallel_for);
+  }
   if (per_block) {
     const int64_t n_block_rows = (rows + block_out - 1) / block_out;
     std::fill(block_counts, block_counts + n_block_rows * n_block_cols, 0);
@@ -508,10 +580,13 @@ TopkStatus select_dispatch(const void* data, int64_t rows, int64_t cols, const u
 
 template <class K>
 int64_t apply_dispatch(void* data, int64_t rows, int64_t cols, const uint8_t* forced, const int64_t* plan,
-                       int64_t block_out, int64_t block_in, int32_t* block_counts, ParallelFor parallel_for) {
+                       int64_t block_out, int64_t block_in, int32_t* block_counts, KeptIndex* index,
+                       ParallelFor parallel_for) {
   auto* p = static_cast<typename K::Bits*>(data);
-  return forced ? apply_impl<K, true>(p, rows, cols, forced, plan, block_out, block_in, block_counts, parallel_for)
-                : apply_impl<K, false>(p, rows, cols, forced, plan, block_out, block_in, block_counts, parallel_for);
+  return forced ? apply_impl<K, true>(p, rows, cols, forced, plan, block_out, block_in, block_counts, index,
+                                      parallel_for)
+                : apply_impl<K, false>(p, rows, cols, forced, plan, block_out, block_in, block_counts, index,
+                                       parallel_for);
 }
 
 }  // namespace
@@ -544,14 +619,17 @@ TopkStatus floors(const void* data, TopkDtype dtype, int64_t rows, int64_t cols,
 }
 
 int64_t apply(void* data, TopkDtype dtype, int64_t rows, int64_t cols, const uint8_t* forced, const int64_t* plan,
-              int64_t block_out, int64_t block_in, int32_t* block_counts, ParallelFor parallel_for) {
+              int64_t block_out, int64_t block_in, int32_t* block_counts, KeptIndex* index,
+              ParallelFor parallel_for) {
   switch (dtype) {
     case kTopkF32:
-      return apply_dispatch<F32Keys>(data, rows, cols, forced, plan, block_out, block_in, block_counts, parallel_for);
+      return apply_dispatch<F32Keys>(data, rows, cols, forced, plan, block_out, block_in, block_counts, index,
+                                     parallel_for);
     case kTopkF16:
-      return apply_dispatch<F16Keys>(data, rows, cols, forced, plan, block_out, block_in, block_counts, parallel_for);
+      return apply_dispatch<F16Keys>(data, rows, cols, forced, plan, block_out, block_in, block_counts, index,
+                                     parallel_for);
     case kTopkBF16:
-      return apply_dispatch<BF16Keys>(data, rows, cols, forced, plan, block_out, block_in, block_counts,
+      return apply_dispatch<BF16Keys>(data, rows, cols, forced, plan, block_out, block_in, block_counts, index,
                                       parallel_for);
   }
   return -1;

@@ -10,10 +10,10 @@
 
 #include <cuda_runtime.h>
 
+#include "launch_types.h"
+
 namespace sparsekern {
 namespace cuda {
-
-enum class DType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
 
 // out[M, N] = a[M, K] @ B[K, N] (+ bias[N]), B block-sparse with blocks of block_k x block_n,
 // listed per block column j: blocks (idx[p], j) for p in [ptr[j], ptr[j + 1]).

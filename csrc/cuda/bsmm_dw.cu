@@ -1,4 +1,5 @@
 // Launcher of the sampled weight-gradient kernel.
+#include "plan.cuh"
 #include "stream_launch.cuh"
 
 namespace sparsekern {

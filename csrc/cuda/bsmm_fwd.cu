@@ -1,4 +1,5 @@
 // Launcher of the dense x block-sparse kernel (forward pass and input gradient).
+#include "plan.cuh"
 #include "stream_launch.cuh"
 
 namespace sparsekern {

@@ -38,10 +38,6 @@ inline Mode mode_of(DType dtype, bool allow_tf32) {
   }
 }
 
-struct Grid {
-  int64_t x, y;
-};
-
 // ---------------------------------------------------------------- forward / input gradient
 
 // cudaSuccess when the call can run (possibly as a no-op), else why not.

@@ -1,8 +1,10 @@
-// The launch step of plan.cuh's sequences (launch_fwd, launch_dw) on a CUDA stream, for the
-// .cu launchers; the host emulation (tests/cuda_host/) passes its own.
+// The launch step of the launch sequences (plan.cuh's launch_fwd / launch_dw, esmm_plan.cuh's)
+// on a CUDA stream, for the .cu launchers; the host emulation (tests/cuda_host/) passes its own.
 #pragma once
 
-#include "plan.cuh"
+#include <cuda_runtime.h>
+
+#include "launch_types.h"
 
 namespace sparsekern {
 namespace cuda {

@@ -17,6 +17,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include "convert.cuh"
 #include "fragments.h"
 #ifndef SPARSEKERN_HOST_EMULATION
 #include "mma.cuh"  // else tests/cuda_host/device_shim.h, included first, models these on the CPU
@@ -48,18 +49,6 @@ struct ModeTraits<Mode::kF32> {
   using T = float;
 };
 
-__device__ __forceinline__ float to_float(float x) { return x; }
-__device__ __forceinline__ float to_float(__half x) { return __half2float(x); }
-__device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
-
-template <typename T>
-__device__ __forceinline__ T from_float(float x);
-template <>
-__device__ __forceinline__ float from_float<float>(float x) { return x; }
-template <>
-__device__ __forceinline__ __half from_float<__half>(float x) { return __float2half_rn(x); }
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
 
 // A global operand tile: element (r, c) of the tile (r along the shared tile's rows, c
 // along its contiguous columns) is at ptr[r * ld_r + c * ld_c]; it exists only for

@@ -113,6 +113,15 @@ class Registry:
         device = torch.device(device)
         return [name for name, b in self._backends.items() if not b.reasons(device, dtype, block_size)]
 
+    def automatic_choice(self, device, dtype: torch.dtype, block_size) -> str | None:
+        """The backend an automatic choice runs for such a call (the environment variable
+        aside), or None when none can."""
+        device = torch.device(device)
+        for name, backend in self._backends.items():
+            if backend.automatic(device) and not backend.reasons(device, dtype, block_size):
+                return name
+        return None
+
     def select(self, name: str | None, device: torch.device, dtype: torch.dtype, block_size) -> Backend:
         """The backend to run a call with: forced by ``name`` or the environment variable, else automatic."""
         forced = name if name is not None else os.environ.get(self.env_var) or None

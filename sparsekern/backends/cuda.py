@@ -30,6 +30,21 @@ def _runs_on(arch: str, major: int, minor: int) -> bool:
     return major == built_major and minor >= built_minor
 
 
+def built_device_reason(backend: Backend, device) -> str | None:
+    """``device_reason`` of a backend of the compiled CUDA kernels (block or element format):
+    the device type, then, once the extension is there, whether it was built for this GPU."""
+    why = Backend.device_reason(backend, device)
+    if why or backend.unavailable_reason():
+        return why
+    # The default build holds cubins only (no PTX, unless TORCH_CUDA_ARCH_LIST asks for
+    # "+PTX"): a GPU none of the built archs runs on has no kernel image.
+    built = extension().cuda_archs.split("/")
+    major, minor = torch.cuda.get_device_capability(device)
+    if not any(_runs_on(arch, major, minor) for arch in built):
+        return f"built for sm {', '.join(built)}, not this GPU's {major}.{minor} (set TORCH_CUDA_ARCH_LIST and rebuild)"
+    return None
+
+
 class CudaBackend(Backend):
     name = "cuda"
     devices = ("cuda",)
@@ -39,16 +54,7 @@ class CudaBackend(Backend):
         return unavailable_reason(*_KERNELS)
 
     def device_reason(self, device):
-        why = super().device_reason(device)
-        if why or self.unavailable_reason():
-            return why
-        # The default build holds cubins only (no PTX, unless TORCH_CUDA_ARCH_LIST asks for
-        # "+PTX"): a GPU none of the built archs runs on has no kernel image.
-        built = extension().cuda_archs.split("/")
-        major, minor = torch.cuda.get_device_capability(device)
-        if not any(_runs_on(arch, major, minor) for arch in built):
-            return f"built for sm {', '.join(built)}, not this GPU's {major}.{minor} (set TORCH_CUDA_ARCH_LIST and rebuild)"
-        return None
+        return built_device_reason(self, device)
 
     def forward(self, x, weight, bias, row_ptr, col_idx, block_out, block_in):
         return extension().bsmm_forward_cuda(

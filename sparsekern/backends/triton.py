@@ -17,7 +17,9 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-class TritonBackend(Backend):
+class TritonRules(Backend):
+    """What every "triton" backend (block or element format) can run, and when it is chosen."""
+
     name = "triton"
     devices = ("cuda",)
     dtypes = (torch.float32, torch.float16, torch.bfloat16)
@@ -34,6 +36,10 @@ class TritonBackend(Backend):
 
     def automatic(self, device) -> bool:
         return device.type == "cuda"
+
+
+class TritonBackend(TritonRules):
+    """The block format's products."""
 
     def forward(self, x, weight, bias, row_ptr, col_idx, block_out, block_in):
         from ..triton.bsmm_fwd import bsmm_fwd

@@ -52,6 +52,8 @@ GPU_TEST_MODULES = {
     "tests/test_cuda_gpu.py": [],
     "tests/test_projection_cuda_gpu.py": [],
     "tests/test_projection_triton.py": [],  # the whole module runs on CUDA tensors when there is a GPU
+    "tests/test_element_triton.py": [],  # likewise
+    "tests/test_element_gpu.py": [],
     "tests/test_bench_cli.py": ["-m", "gpu"],
 }
 
@@ -60,6 +62,12 @@ GPU_TEST_MODULES = {
 BENCH_ARGS = ["--device", "cuda", "--dtypes", "bf16,fp16,tf32,fp32", "--shapes", "8192x4096x4096",
               "--densities", "0.0625,0.25", "--block-sizes", "32,128", "--passes", "forward,backward",
               "--peers", "csr", "--repeats", "10", "--warmup", "2", "--no-progress", "--no-plot"]
+
+# The element format's GPU benchmark: its own sweep (d_model 2048, an MLP of 8192) in bf16 at the
+# densities where CUDA-core kernels should beat cuBLAS, against cuBLAS and torch's CSR.
+ELEMENT_BENCH_ARGS = ["--device", "cuda", "--format", "element", "--dtypes", "bf16",
+                      "--densities", "0.015625,0.00390625", "--passes", "forward,forward+backward",
+                      "--peers", "csr", "--repeats", "10", "--warmup", "2", "--no-progress", "--no-plot"]
 
 # (stage kind, its own limit in seconds, the least it is worth starting with)
 LIMITS = {"probe": (60, 10), "build": (240, 60), "extension": (60, 10), "tests": (170, 20), "bench": (150, 40)}
@@ -110,7 +118,7 @@ class Run:
         self.start = time.monotonic()
         self.deadline = self.start + budget_s
         self.report = {"schema": 1, "started": _now(), "finished": None, "budget_s": budget_s,
-                       "machine": _host_facts(), "stages": [], "tests": [], "bench": None}
+                       "machine": _host_facts(), "stages": [], "tests": [], "bench": None, "bench_element": None}
         self.env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
                         PYTHONUNBUFFERED="1")
         self.env.pop("TRITON_INTERPRET", None)  # the GPU, not the interpreter
@@ -219,7 +227,7 @@ def run_all(python: str, out_dir: str, budget_s: float = BUDGET_S, modules=None,
         xml_path = os.path.join(run.work, os.path.basename(module) + ".xml")
         command = [python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rfEs", f"--junitxml={xml_path}",
                    module, *GPU_TEST_MODULES[module]]
-        later = ["tests"] * (len(modules) - i - 1) + (["bench"] if bench else [])
+        later = ["tests"] * (len(modules) - i - 1) + (["bench", "bench"] if bench else [])
         record = run.stage(f"tests:{module}", "tests", command, later=later)
         outcomes = parse_junit(xml_path, module, record["status"])
         record["status"] = module_status(record["status"], outcomes)
@@ -228,8 +236,13 @@ def run_all(python: str, out_dir: str, budget_s: float = BUDGET_S, modules=None,
 
     if bench:
         bench_dir = os.path.join(run.work, "bench")
-        run.stage("bench", "bench", [python, "-m", "sparsekern.bench", *BENCH_ARGS, "--out", bench_dir], later=[])
+        run.stage("bench", "bench", [python, "-m", "sparsekern.bench", *BENCH_ARGS, "--out", bench_dir],
+                  later=["bench"])
         run.report["bench"] = _load_bench(bench_dir)
+        element_dir = os.path.join(run.work, "bench-element")
+        run.stage("bench:element", "bench",
+                  [python, "-m", "sparsekern.bench", *ELEMENT_BENCH_ARGS, "--out", element_dir], later=[])
+        run.report["bench_element"] = _load_bench(element_dir)
     run.report["finished"] = _now()
     run.write()
     failed = [s["name"] for s in run.report["stages"] if s["status"] != "passed"]
@@ -335,6 +348,8 @@ def render_markdown(report: dict) -> str:
         lines.append("No test ran.")
     lines += ["", "## Benchmark", ""]
     lines += bench_markdown(report.get("bench"))
+    lines += ["", "## Benchmark: the element format", ""]
+    lines += bench_markdown(report.get("bench_element"))
     return "\n".join(lines) + "\n"
 
 

@@ -76,7 +76,7 @@ def table(rows: list[dict]) -> str:
         arch = r["arch"]
         sm = arch if isinstance(arch, str) else f"sm_{arch}a" if arch >= 90 else f"sm_{arch}"
         block = r["block_size"]
-        block = f"{block[0]}x{block[1]}" if isinstance(block, (list, tuple)) else str(block)
+        block = f"{block[0]}x{block[1]}" if isinstance(block, (list, tuple)) else _or_dash(block)
         lines.append([r["source"], r["kernel"], sm, r["dtype"], block, "yes" if r.get("tf32") else "no",
                       str(r["registers"]), str(r["spill_bytes"]), _or_dash(r.get("shared_bytes")),
                       r.get("tensor_core") or "-"])

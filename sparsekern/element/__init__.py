@@ -3,7 +3,8 @@ weight-sparse transformers are after their top-k projection.
 
 ``layout.py`` (``ElementLayout``: CSR and CSC indices), ``reference.py`` (the oracle),
 ``ops.py`` (the three products as torch operators), ``function.py`` (autograd and
-``element_sparse_linear``), ``backends/`` (one file per backend, their registry).
+``element_sparse_linear``), ``backends/`` (one file per backend, their registry), ``triton/``
+(the Triton kernels).
 """
 
 from .function import ElementSparseLinearFunction, element_sparse_linear  # noqa: F401

@@ -41,12 +41,31 @@ class ElementLayout:
             raise ValueError(f"mask.shape sides must be below 2^31, got {self.shape}")
         # nonzero() lists entries in row-major order: columns ascending within each row.
         rows, cols = mask.nonzero(as_tuple=True)
+        self._set_index(rows, cols)
+
+    def _set_index(self, rows: torch.Tensor, cols: torch.Tensor) -> None:
+        """Both indices from the entries listed row-major (columns ascending within a row)."""
+        out_features, in_features = self.shape
         self.nnz = int(cols.numel())
         self.col_idx = cols.to(torch.int32)
-        self.row_ptr = _pointers(mask.sum(1, dtype=torch.int64), self.nnz)
-        # The transposed index: the same entries listed per column, rows ascending.
-        self.row_idx = mask.t().nonzero(as_tuple=True)[1].to(torch.int32)
-        self.col_ptr = _pointers(mask.sum(0, dtype=torch.int64), self.nnz)
+        self.row_ptr = _pointers(torch.bincount(rows, minlength=out_features), self.nnz)
+        # The transposed index: a stable sort by column keeps rows ascending within a column
+        # (O(nnz), where walking the transposed mask reads every entry with a stride).
+        order = torch.argsort(self.col_idx, stable=True)
+        self.row_idx = rows[order].to(torch.int32)
+        self.col_ptr = _pointers(torch.bincount(cols, minlength=in_features), self.nnz)
+
+    @classmethod
+    def _from_csr_csc(cls, shape, row_ptr, col_idx, col_ptr, row_idx) -> "ElementLayout":
+        """A layout from indices a kernel built and vouches for (the projection's own pass):
+        nothing is rechecked. Pointers are narrowed to int32 where the nonzeros fit."""
+        layout = cls.__new__(cls)
+        layout.shape = tuple(shape)
+        layout.nnz = int(col_idx.numel())
+        narrow = torch.int32 if layout.nnz <= _INT32_MAX else torch.int64
+        layout.row_ptr, layout.col_ptr = row_ptr.to(narrow), col_ptr.to(narrow)
+        layout.col_idx, layout.row_idx = col_idx, row_idx
+        return layout
 
     # ----------------------------------------------------------------- builders
     @classmethod

@@ -6,9 +6,11 @@ many matrices before changing any (``Projector`` does):
 ``plan(weight, k, forced) -> plan``   read-only: finds what to keep. ``forced`` is the
     bool floor set F (kept first) or None. Backends with ``checks_finite`` reject NaN/Inf
     here, in their first read pass; for the others the caller checks.
-``apply(weight, plan, block_size) -> (cutoff, nnz, block_counts)``   in place: zeroes
-    what is not kept. ``cutoff`` is the k-th largest magnitude outside F (inf when the
-    fill kept nothing); ``block_counts`` the nonzeros per block when ``block_size`` is given.
+``apply(weight, plan, block_size, with_index) -> (cutoff, nnz, block_counts, index)``   in place:
+    zeroes what is not kept. ``cutoff`` is the k-th largest magnitude outside F (inf when the
+    fill kept nothing); ``block_counts`` the nonzeros per block when ``block_size`` is given;
+    ``index`` the nonzeros' ``(row_ptr, col_idx, col_ptr, row_idx)`` listed in the same pass,
+    when asked and the backend can (else None: the caller builds it from the weight).
 ``floors(weight, min_per_row, min_per_col) -> (mask, count, smallest)``   the floor set F
     as a bool mask, its size and its smallest magnitude (inf when empty); read-only, and
     rejects NaN/Inf when ``checks_finite``.
@@ -56,7 +58,7 @@ class ProjectionBackend(Backend):
     def plan(self, weight, k, forced):
         raise NotImplementedError
 
-    def apply(self, weight, plan, block_size):
+    def apply(self, weight, plan, block_size, with_index=False):
         raise NotImplementedError
 
 
@@ -77,13 +79,13 @@ class ReferenceProjection(ProjectionBackend):
         keep = reference.keep_mask(weight.abs(), k, forced)
         return keep, forced
 
-    def apply(self, weight, plan, block_size):
+    def apply(self, weight, plan, block_size, with_index=False):
         keep, forced = plan
         fill = keep if forced is None else keep & ~forced
         cutoff = weight.abs()[fill].min().item() if bool(fill.any()) else float("inf")
         weight.masked_fill_(~keep, 0)
         counts = reference.block_counts(weight, block_size) if block_size is not None else None
-        return cutoff, int(torch.count_nonzero(weight)), counts
+        return cutoff, int(torch.count_nonzero(weight)), counts, None
 
 
 class CpuProjection(ProjectionBackend):
@@ -107,13 +109,13 @@ class CpuProjection(ProjectionBackend):
         work = weight.contiguous()
         return work, forced, extension().topk_select_cpu(work, forced, k)
 
-    def apply(self, weight, plan, block_size):
+    def apply(self, weight, plan, block_size, with_index=False):
         work, forced, state = plan
         bo, bi = block_size if block_size is not None else (0, 0)
-        nnz, counts = extension().topk_apply_cpu(work, forced, state, bo, bi)
+        nnz, counts, index = extension().topk_apply_cpu(work, forced, state, bo, bi, with_index)
         if work is not weight:
             weight.copy_(work)
-        return key_to_magnitude(int(state[0]), weight.dtype), int(nnz), counts
+        return key_to_magnitude(int(state[0]), weight.dtype), int(nnz), counts, index
 
 
 class TritonProjection(ProjectionBackend):
@@ -132,12 +134,12 @@ class TritonProjection(ProjectionBackend):
 
         return forced, topk_select(weight, k, forced)
 
-    def apply(self, weight, plan, block_size):
+    def apply(self, weight, plan, block_size, with_index=False):
         from .topk_triton import topk_apply
 
         forced, state = plan
         cutoff_key, nnz, counts = topk_apply(weight, forced, state, block_size)
-        return key_to_magnitude(cutoff_key, weight.dtype), nnz, counts
+        return key_to_magnitude(cutoff_key, weight.dtype), nnz, counts, None
 
 
 class CudaProjection(ProjectionBackend):
@@ -159,11 +161,11 @@ class CudaProjection(ProjectionBackend):
     def plan(self, weight, k, forced):
         return forced, extension().topk_select_cuda(weight, forced, k)
 
-    def apply(self, weight, plan, block_size):
+    def apply(self, weight, plan, block_size, with_index=False):
         forced, (state, ties_before) = plan
         bo, bi = block_size if block_size is not None else (0, 0)
         nnz, counts = extension().topk_apply_cuda(weight, forced, state, ties_before, bo, bi)
-        return key_to_magnitude(int(state[0]), weight.dtype), int(nnz), counts
+        return key_to_magnitude(int(state[0]), weight.dtype), int(nnz), counts, None
 
 
 REGISTRY = Registry(ENV_VAR)

@@ -21,6 +21,7 @@ from typing import NamedTuple
 import torch
 
 from .._checks import check_floating
+from ..element.layout import ElementLayout
 from ..layout import block_grid, expand_block_mask, normalize_block_size
 from . import reference
 from .backends import REGISTRY
@@ -37,12 +38,15 @@ class ProjectionResult(NamedTuple):
     nnz: nonzero entries left in the weight (at most k in element mode).
     block_counts: nonzeros per block, ``[block rows, block cols]`` int32, when a
         block_size was given; None otherwise.
+    element_layout: the ``ElementLayout`` of the nonzeros left, when asked for
+        (``element_layout=True``); the CPU backend lists them in its write pass.
     """
 
     threshold: float
     k: int
     nnz: int
     block_counts: torch.Tensor | None
+    element_layout: ElementLayout | None = None
 
 
 def _check_count(value, name: str, upper: int, what: str) -> int:
@@ -56,7 +60,7 @@ def _check_count(value, name: str, upper: int, what: str) -> int:
 class _Prepared:
     """A checked, planned projection: nothing is written until ``apply()``."""
 
-    def __init__(self, weight, k, granularity, block_size, min_per_row, min_per_col, backend):
+    def __init__(self, weight, k, granularity, block_size, min_per_row, min_per_col, backend, element_layout):
         check_floating(weight, "weight")
         if weight.dim() != 2 or weight.numel() == 0:
             raise ValueError(f"weight must be a non-empty 2-D tensor, got shape {tuple(weight.shape)}")
@@ -68,6 +72,7 @@ class _Prepared:
             raise ValueError("block_size is required when granularity='block'")
         self.weight = weight.detach()
         self.granularity = granularity
+        self.element_layout = bool(element_layout)
         self.block_size = block_size
         unit = "blocks" if granularity == "block" else "entries"
         rows, cols = block_grid(tuple(weight.shape), block_size) if granularity == "block" else weight.shape
@@ -96,16 +101,25 @@ class _Prepared:
             kept = self.scores[self.keep]
             threshold = kept.min().item() if kept.numel() else float("inf")
             counts = reference.block_counts(self.weight, self.block_size)
-            return ProjectionResult(threshold, self.k, int(counts.sum()), counts)
-        cutoff, nnz, counts = self.backend.apply(self.weight, self.plan, self.block_size)
+            return ProjectionResult(threshold, self.k, int(counts.sum()), counts, self._layout(None))
+        cutoff, nnz, counts, index = self.backend.apply(self.weight, self.plan, self.block_size,
+                                                        self.element_layout)
         # Floor entries may be smaller than the fill's cutoff.
-        return ProjectionResult(min(cutoff, self.smallest_floor), self.k, nnz, counts)
+        return ProjectionResult(min(cutoff, self.smallest_floor), self.k, nnz, counts, self._layout(index))
+
+    def _layout(self, index):
+        if not self.element_layout:
+            return None
+        if index is None:  # a backend that does not list what it kept
+            return ElementLayout.from_weight(self.weight)
+        return ElementLayout._from_csr_csc(tuple(self.weight.shape), *index)
 
 
 def prepare_projection(weight, k, *, granularity="element", block_size=None, min_per_row=0, min_per_col=0,
-                       backend=None) -> _Prepared:
-    """Check and plan a projection without writing anything; ``.apply()`` runs it."""
-    return _Prepared(weight, k, granularity, block_size, min_per_row, min_per_col, backend)
+                       backend=None, element_layout=False) -> _Prepared:
+    """Check and plan a projection without writing anything; ``.apply()`` runs it.
+    ``element_layout=True``: the result carries the ``ElementLayout`` of what is left."""
+    return _Prepared(weight, k, granularity, block_size, min_per_row, min_per_col, backend, element_layout)
 
 
 def topk_project_(weight: torch.Tensor, k: int, *, granularity: str = "element", block_size=None,

@@ -29,7 +29,7 @@ class AotReport:
     kernel: str
     arch: int
     dtype: str
-    block_size: tuple
+    block_size: tuple | None  # None: an element kernel (no blocks)
     tf32: bool
     registers: int
     spill_bytes: int
@@ -37,8 +37,31 @@ class AotReport:
     tensor_core: str  # "wgmma", "mma.sync" or "none"
 
 
-def _kernel_specs():
-    """name -> (jit function, int32 index pointers, unit-stride args, constexprs builder, config builder)."""
+@dataclasses.dataclass(frozen=True)
+class KernelSpec:
+    """How to compile one kernel: the jit function, its int32 index pointers, the stride arguments
+    that are 1 in the common (contiguous) case, and its constexprs and launch config as functions
+    of ``block`` (a ``(block_out, block_in)`` tuple, or None for kernels without blocks), tf32 and
+    dtype, built by the launchers' own config functions."""
+
+    fn: object
+    index_ptrs: tuple
+    unit_strides: tuple
+    constexprs: object  # (block, tf32, cfg) -> dict
+    config: object  # (block, dtype) -> dict
+
+
+# Block-format kernels: tensor cores (tl.dot), one instantiation per block size.
+BLOCK_KERNELS = ("bsmm_fwd/forward", "bsmm_fwd/grad_input", "bsmm_dw/grad_weight")
+# Element-format kernels: CUDA-core gathers and FMAs, no block size, no TF32.
+ELEMENT_KERNELS = ("esmm_fwd/forward", "esmm_fwd/grad_input", "esmm_dw/grad_weight")
+KERNEL_NAMES = BLOCK_KERNELS + ELEMENT_KERNELS
+
+
+def _kernel_specs() -> dict[str, KernelSpec]:
+    from ..element.triton.config import esmm_dw_config, esmm_fwd_config
+    from ..element.triton.esmm_dw import _esmm_dw_kernel
+    from ..element.triton.esmm_fwd import _esmm_fwd_kernel
     from .bsmm_dw import _bsmm_dw_kernel
     from .bsmm_fwd import _bsmm_fwd_kernel
     from .config import bsmm_dw_config, bsmm_fwd_config
@@ -46,24 +69,41 @@ def _kernel_specs():
     def fwd_constexprs(bk, bn, tf32, cfg):
         return dict(HAS_BIAS=True, ALLOW_TF32=tf32, BLOCK_M=cfg["BLOCK_M"], BLOCK_K=bk, BLOCK_N=bn)
 
-    def dw_constexprs(bo, bi, tf32, cfg):
-        return dict(ALLOW_TF32=tf32, BLOCK_M=cfg["BLOCK_M"], BLOCK_OUT=bo, BLOCK_IN=bi)
+    def tiles(cfg, *names):
+        return {name: cfg[name] for name in names}
 
+    esmm_fwd_tiles = ("BLOCK_M", "BLOCK_N", "BLOCK_NZ")
     return {
         # forward: a = x (unit stride along K), b = weight.T (unit stride along K)
-        "bsmm_fwd/forward": (_bsmm_fwd_kernel, ("ptr_ptr", "idx_ptr"), ("stride_ak", "stride_bk", "stride_on"),
-                             lambda bo, bi, tf32, cfg: fwd_constexprs(bi, bo, tf32, cfg),
-                             lambda bo, bi, dtype: bsmm_fwd_config(bi, bo, dtype)),
+        "bsmm_fwd/forward": KernelSpec(
+            _bsmm_fwd_kernel, ("ptr_ptr", "idx_ptr"), ("stride_ak", "stride_bk", "stride_on"),
+            lambda block, tf32, cfg: fwd_constexprs(block[1], block[0], tf32, cfg),
+            lambda block, dtype: bsmm_fwd_config(block[1], block[0], dtype)),
         # input gradient: a = grad_out, b = weight (unit stride along N), transposed index
-        "bsmm_fwd/grad_input": (_bsmm_fwd_kernel, ("ptr_ptr", "idx_ptr"), ("stride_ak", "stride_bn", "stride_on"),
-                                lambda bo, bi, tf32, cfg: {**fwd_constexprs(bo, bi, tf32, cfg), "HAS_BIAS": False},
-                                lambda bo, bi, dtype: bsmm_fwd_config(bo, bi, dtype)),
-        "bsmm_dw/grad_weight": (_bsmm_dw_kernel, ("row_ptr", "col_ptr"), ("stride_gn", "stride_xk", "stride_wk"),
-                                dw_constexprs, bsmm_dw_config),
+        "bsmm_fwd/grad_input": KernelSpec(
+            _bsmm_fwd_kernel, ("ptr_ptr", "idx_ptr"), ("stride_ak", "stride_bn", "stride_on"),
+            lambda block, tf32, cfg: {**fwd_constexprs(*block, tf32, cfg), "HAS_BIAS": False},
+            lambda block, dtype: bsmm_fwd_config(*block, dtype)),
+        "bsmm_dw/grad_weight": KernelSpec(
+            _bsmm_dw_kernel, ("row_ptr", "col_ptr"), ("stride_gn", "stride_xk", "stride_wk"),
+            lambda block, tf32, cfg: dict(ALLOW_TF32=tf32, BLOCK_M=cfg["BLOCK_M"], BLOCK_OUT=block[0],
+                                          BLOCK_IN=block[1]),
+            lambda block, dtype: bsmm_dw_config(*block, dtype)),
+        # forward: a.T = x.T made contiguous, s = weight (unit stride along its inputs), row-major index
+        "esmm_fwd/forward": KernelSpec(
+            _esmm_fwd_kernel, ("ptr_ptr", "idx_ptr"), ("stride_am", "stride_sr", "stride_of"),
+            lambda block, tf32, cfg: dict(HAS_BIAS=True, **tiles(cfg, *esmm_fwd_tiles)),
+            lambda block, dtype: esmm_fwd_config(dtype)),
+        # input gradient: a.T = grad_out.T, s = weight.T (unit stride along its features), column-major index
+        "esmm_fwd/grad_input": KernelSpec(
+            _esmm_fwd_kernel, ("ptr_ptr", "idx_ptr"), ("stride_am", "stride_sf", "stride_of"),
+            lambda block, tf32, cfg: dict(HAS_BIAS=False, **tiles(cfg, *esmm_fwd_tiles)),
+            lambda block, dtype: esmm_fwd_config(dtype)),
+        "esmm_dw/grad_weight": KernelSpec(
+            _esmm_dw_kernel, ("ptr_ptr", "idx_ptr"), ("stride_gm", "stride_xm", "stride_wk"),
+            lambda block, tf32, cfg: tiles(cfg, "BLOCK_M", "BLOCK_NZ"),
+            lambda block, dtype: esmm_dw_config(dtype)),
     }
-
-
-KERNEL_NAMES = ("bsmm_fwd/forward", "bsmm_fwd/grad_input", "bsmm_dw/grad_weight")
 
 
 def _ptxas() -> str:
@@ -112,28 +152,30 @@ def compile_for_gpu(fn, arch: int, constexprs: dict, pointer_type, *, unit_strid
     return compiled, registers, spills
 
 
-def compile_kernel(name: str, arch: int, dtype: torch.dtype, block_size, tf32: bool = False) -> AotReport:
-    """Compile one matmul kernel instantiation for ``sm_<arch>`` and read its resource use."""
+def compile_kernel(name: str, arch: int, dtype: torch.dtype, block_size=None, tf32: bool = False) -> AotReport:
+    """Compile one matmul kernel instantiation for ``sm_<arch>`` and read its resource use
+    (``block_size``: the block kernels' ``(block_out, block_in)``; None for the element kernels)."""
     from .config import TRITON_DTYPES
 
-    fn, index_ptrs, unit_strides, constexprs_of, config_of = _kernel_specs()[name]
-    bo, bi = block_size
-    cfg = config_of(bo, bi, dtype)
+    spec = _kernel_specs()[name]
+    block = tuple(block_size) if block_size is not None else None
+    cfg = spec.config(block, dtype)
     ty = TRITON_DTYPES[dtype]
     compiled, registers, spills = compile_for_gpu(
-        fn, arch, constexprs_of(bo, bi, tf32, cfg), lambda arg: "*i32" if arg in index_ptrs else f"*{ty}",
-        unit_strides=unit_strides, options={"num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"]},
+        spec.fn, arch, spec.constexprs(block, tf32, cfg), lambda arg: "*i32" if arg in spec.index_ptrs else f"*{ty}",
+        unit_strides=spec.unit_strides, options={"num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"]},
     )
     ptx = compiled.asm["ptx"]
     tensor_core = "wgmma" if "wgmma" in ptx else "mma.sync" if "mma.sync" in ptx else "none"
-    return AotReport(name, arch, ty, (bo, bi), tf32, registers, spills, compiled.metadata.shared, tensor_core)
+    return AotReport(name, arch, ty, block, tf32, registers, spills, compiled.metadata.shared, tensor_core)
 
 
 def expected_tensor_core(kernel: str, arch: int, dtype: str, block_size, tf32: bool) -> str:
-    """The tensor-core instruction a kernel's PTX must hold: none for IEEE fp32; mma.sync on
-    sm_80; on sm_90a wgmma, which needs 64 rows per warpgroup: the forward tiles have
-    BLOCK_M=64, the weight-gradient tile is one weight block (so blocks of 64+ rows)."""
-    if dtype == "fp32" and not tf32:
+    """The tensor-core instruction a kernel's PTX must hold: none for the element kernels (CUDA
+    cores) and for IEEE fp32; mma.sync on sm_80; on sm_90a wgmma, which needs 64 rows per
+    warpgroup: the forward tiles have BLOCK_M=64, the weight-gradient tile is one weight block
+    (so blocks of 64+ rows)."""
+    if kernel in ELEMENT_KERNELS or (dtype == "fp32" and not tf32):
         return "none"
     if arch == 80:
         return "mma.sync"
@@ -155,15 +197,19 @@ def _ptxas_usage(ptx: str, arch: int) -> tuple[int, int]:
 
 
 def default_cases():
-    """The instantiations checked by the tests and shown by ``sparsekern-bench --static``."""
+    """The instantiations checked by the tests and shown by ``sparsekern-bench --static``:
+    ``(kernel, arch, dtype, block_size, tf32)``, block_size None for the element kernels."""
     for arch in ARCHS:
         for dtype in (torch.float16, torch.bfloat16):
             for block in ((16, 16), (32, 32), (64, 64), (128, 128), (32, 64)):
-                for name in KERNEL_NAMES:
+                for name in BLOCK_KERNELS:
                     yield name, arch, dtype, block, False
-        for name in KERNEL_NAMES:
+        for name in BLOCK_KERNELS:
             yield name, arch, torch.float32, (32, 32), True
             yield name, arch, torch.float32, (32, 32), False
+        for dtype in (torch.float16, torch.bfloat16, torch.float32):
+            for name in ELEMENT_KERNELS:
+                yield name, arch, dtype, None, False
 
 
 def report_in_subprocess(timeout: float = 900, module: str = "sparsekern.triton.aot") -> list[dict]:

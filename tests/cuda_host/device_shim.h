@@ -1,7 +1,8 @@
 // Host emulation of the CUDA execution model, just enough to run csrc/cuda's kernels on the
 // CPU: one std::thread per CUDA thread, std::barrier for __syncthreads, per-warp barriers for
 // the warp-collective ldmatrix / mma.sync (modelled from the PTX ISA tables in ptx_model.h,
-// not from the kernels' own fragment code), and cp.async groups that land either at once or
+// not from the kernels' own fragment code) and warp shuffles / votes (full mask: every lane
+// of the warp must call each one, in the same order, or the emulation hangs), and cp.async groups that land either at once or
 // as late as cp.async.wait_group allows. Include it before any csrc/cuda header.
 //
 // It checks what it can on the way: 16-byte alignment of every cp.async and ldmatrix address,
@@ -12,6 +13,7 @@
 
 #include <atomic>
 #include <barrier>
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -61,6 +63,7 @@ struct Warp {
   const void* ptr[32];
   uint32_t a[32][4];
   uint32_t b[32][2];
+  uint64_t exchange[32];  // one slot per lane for shuffles and votes
 };
 
 struct Copy {
@@ -69,7 +72,8 @@ struct Copy {
   int bytes;
 };
 
-inline std::atomic<bool> late_copies{true};  // cp.async lands at the wait (true) or at once
+inline std::atomic<bool> late_copies{true};
+inline std::atomic<int> cta_vote{0};  // __syncthreads_or  // cp.async lands at the wait (true) or at once
 inline thread_local std::barrier<>* cta_barrier = nullptr;
 inline thread_local Warp* warp = nullptr;
 inline thread_local int lane = 0;
@@ -81,35 +85,97 @@ inline void land(const Copy& c) {
   std::memset(static_cast<char*>(c.dst) + c.bytes, 0, 16 - c.bytes);
 }
 
-// Runs kernel() as a grid of grid_x x grid_y CTAs of `threads` threads, one CTA at a time.
+// Runs kernel() as a grid of grid_x x grid_y CTAs of `threads` threads, one CTA at a time, on
+// one pool of host threads (a thread is expensive under AddressSanitizer): each runs its CUDA
+// thread of every CTA in turn, and none starts a CTA before all have finished the previous one
+// (its shared memory, the kernel's statics, is then the next CTA's).
 template <class Kernel>
 void launch(int64_t grid_x, int64_t grid_y, int threads, Kernel&& kernel) {
   if (threads % 32 != 0) fail("block size not a multiple of the warp size");
-  for (int64_t by = 0; by < grid_y; ++by)
-    for (int64_t bx = 0; bx < grid_x; ++bx) {
-      std::barrier<> cta(threads);
-      std::unique_ptr<Warp[]> warps(new Warp[threads / 32]);
-      std::vector<std::thread> pool;
-      pool.reserve(threads);
-      for (int t = 0; t < threads; ++t)
-        pool.emplace_back([&, t] {
-          threadIdx = uint3{static_cast<unsigned>(t), 0u, 0u};
+  if (grid_x <= 0 || grid_y <= 0) return;
+  std::barrier<> cta(threads), between(threads);
+  std::unique_ptr<Warp[]> warps(new Warp[threads / 32]);
+  std::vector<std::thread> pool;
+  pool.reserve(threads);
+  for (int t = 0; t < threads; ++t)
+    pool.emplace_back([&, t] {
+      threadIdx = uint3{static_cast<unsigned>(t), 0u, 0u};
+      cta_barrier = &cta;
+      warp = &warps[t / 32];
+      lane = t % 32;
+      for (int64_t by = 0; by < grid_y; ++by)
+        for (int64_t bx = 0; bx < grid_x; ++bx) {
           blockIdx = uint3{static_cast<unsigned>(bx), static_cast<unsigned>(by), 0u};
-          cta_barrier = &cta;
-          warp = &warps[t / 32];
-          lane = t % 32;
           open_group.clear();
           groups.clear();
           kernel();
           if (!open_group.empty() || !groups.empty()) fail("cp.async copies never waited for");
-        });
-      for (auto& th : pool) th.join();
-    }
+          between.arrive_and_wait();
+        }
+    });
+  for (auto& th : pool) th.join();
 }
 
 }  // namespace emu
 
 inline void __syncthreads() { emu::cta_barrier->arrive_and_wait(); }
+
+inline int __syncthreads_or(int predicate) {
+  if (predicate) emu::cta_vote.store(1);
+  __syncthreads();
+  const int any = emu::cta_vote.load();
+  __syncthreads();
+  if (threadIdx.x == 0) emu::cta_vote.store(0);
+  __syncthreads();  // the reset lands before any thread's next vote
+  return any;
+}
+
+// Warp collectives over all 32 lanes (the kernels use the full mask only).
+namespace emu {
+inline void full_mask(unsigned mask) {
+  if (mask != 0xffffffffu) fail("warp collective with a partial mask");
+}
+template <typename V>
+V exchange(V value, int src_lane) {
+  static_assert(sizeof(V) <= sizeof(uint64_t));
+  Warp& w = *warp;
+  uint64_t bits = 0;
+  std::memcpy(&bits, &value, sizeof value);
+  w.exchange[lane] = bits;
+  w.bar.arrive_and_wait();
+  V out;
+  std::memcpy(&out, &w.exchange[src_lane & 31], sizeof out);
+  w.bar.arrive_and_wait();
+  return out;
+}
+}  // namespace emu
+
+inline void __syncwarp(unsigned mask = 0xffffffffu) {
+  emu::full_mask(mask);
+  emu::warp->bar.arrive_and_wait();
+}
+template <typename V>
+V __shfl_sync(unsigned mask, V value, int src_lane) {
+  emu::full_mask(mask);
+  return emu::exchange(value, src_lane);
+}
+template <typename V>
+V __shfl_xor_sync(unsigned mask, V value, int lane_mask) {
+  emu::full_mask(mask);
+  return emu::exchange(value, emu::lane ^ lane_mask);
+}
+inline unsigned __ballot_sync(unsigned mask, int predicate) {
+  emu::full_mask(mask);
+  emu::Warp& w = *emu::warp;
+  w.exchange[emu::lane] = predicate != 0;
+  w.bar.arrive_and_wait();
+  unsigned out = 0;
+  for (int l = 0; l < 32; ++l) out |= static_cast<unsigned>(w.exchange[l]) << l;
+  w.bar.arrive_and_wait();
+  return out;
+}
+inline int __ffs(unsigned x) { return __builtin_ffs(static_cast<int>(x)); }
+inline int __popc(unsigned x) { return __builtin_popcount(x); }
 
 inline float atomicAdd(float* address, float value) {
   return std::atomic_ref<float>(*address).fetch_add(value);

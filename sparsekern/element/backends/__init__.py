@@ -14,12 +14,13 @@ the input dtype; ``ElementLayout`` holds the indices):
 
 from ...backends.base import ENV_VAR, Registry
 from .cpu import ElementCpuBackend
-from .pending import PendingBackend
+from .cuda import ElementCudaBackend
 from .reference import ElementReferenceBackend
+from .triton import ElementTritonBackend
 
 REGISTRY = Registry(ENV_VAR)
-REGISTRY.register(PendingBackend("cuda"))
-REGISTRY.register(PendingBackend("triton"))
+REGISTRY.register(ElementCudaBackend())
+REGISTRY.register(ElementTritonBackend())
 REGISTRY.register(ElementCpuBackend())
 REGISTRY.register(ElementReferenceBackend())
 
