@@ -8,7 +8,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 SOURCES := $(shell find csrc sparsekern -name '*.cpp' -o -name '*.cu' -o -name '*.h' -o -name '*.cuh' 2>/dev/null)
 
-.PHONY: test bench demo install clean gpu-check gpu-versions
+.PHONY: test bench bench-peers demo install clean gpu-check gpu-versions
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,15 @@ $(GPU_VERSIONS_VENV)/.checked: tools/gpu_versions.sh setup.py $(SOURCES) $(shell
 # The default benchmark (headline sweep; BENCH_ARGS="--full" for the large one). Results go to bench-results/.
 bench: install
 	$(PY) -m sparsekern.bench $(BENCH_ARGS)
+
+# SparseProp (pip install sparseprop), the optional peer of `sparsekern-bench --format element`; not in
+# requirements-dev.txt (CI does not need it). Its setup.py finds pybind11's headers with `python3 -m
+# pybind11` from PATH, so the venv goes first on PATH and builds without isolation (a plain
+# `pip install sparseprop` finds no headers unless the system python3 has pybind11); setuptools>=77 from
+# requirements-dev.txt builds the wheel. Compiled with -march=native: for this machine only.
+bench-peers: $(VENV)/.deps
+	$(PY) -m pip install --quiet pybind11 scipy
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m pip install --quiet --no-build-isolation sparseprop
 
 # The end-to-end example at its default size (a few minutes on a CPU; DEMO_ARGS to change it).
 # Results go to examples/out/.

@@ -19,7 +19,7 @@ CPU targets only). Every result is checked against the fp64 reference before tim
 import pytest
 import torch
 
-from sparsekern.backends import backend_names, get_backend
+from sparsekern.block.backends import backend_names, get_backend
 from sparsekern.bench import impls
 from sparsekern.bench.cases import ELEMENT, Case, Shape
 from sparsekern.bench.suite import bench_device, case_id, headline_cases, prepare, run

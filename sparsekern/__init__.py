@@ -2,12 +2,18 @@
 
 Importing sparsekern compiles nothing, queries no device and does not load the
 compiled extension: backends load what they need on first use.
+
+The tree by axis: a format is a package (``dense/``, ``block/``, ``element/``; the top-k
+projection is ``projection/``), an op a file in it (``ops.py``, ``function.py``,
+``reference.py``; ``triton/<kernel>.py``), a backend ``<package>/backends/<name>.py`` (reference,
+cpu, triton, cuda), all chosen by the one ``backend.Registry``. README.md, "Repository layout".
 """
 
-from .backends import BackendUnavailableError, available_backends, backend_names
+from ._cpu_isa import cpu_isa, set_cpu_isa
+from .backend import BackendUnavailableError
+from .block import BlockLayout, SparseLinearFunction, block_sparse_linear, count_for_density
+from .block.backends import available_backends, backend_names
 from .element import ElementLayout, ElementSparseLinearFunction, element_sparse_linear
-from .function import SparseLinearFunction, block_sparse_linear
-from .layout import BlockLayout, count_for_density
 from .linear import sparse_linear
 from .module import SparseLinear, block_norms
 from .projection import ProjectionResult, projection_backends, topk_project_
@@ -31,8 +37,10 @@ __all__ = [
     "block_norms",
     "block_sparse_linear",
     "count_for_density",
+    "cpu_isa",
     "element_sparse_linear",
     "projection_backends",
+    "set_cpu_isa",
     "sparse_linear",
     "sparsify",
     "topk_project_",

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import torch
 
-from .layout import BlockLayout
-
 
 def _describe(t: torch.Tensor) -> str:
     return f"{str(t.dtype).replace('torch.', '')} on {t.device}"
@@ -18,9 +16,9 @@ def check_floating(t, name: str) -> None:
         raise TypeError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
 
 
-def check_linear_args(x, weight, layout, bias, layout_type=BlockLayout) -> None:
-    """The checks of ``block_sparse_linear`` (and, with ``layout_type=ElementLayout``, of
-    ``element_sparse_linear``); raises TypeError/ValueError naming the argument."""
+def check_linear_args(x, weight, layout, bias, layout_type) -> None:
+    """The checks of ``block_sparse_linear`` (``layout_type=BlockLayout``) and of
+    ``element_sparse_linear`` (``ElementLayout``); raises TypeError/ValueError naming the argument."""
     check_floating(x, "x")
     check_floating(weight, "weight")
     if not isinstance(layout, layout_type):

@@ -20,6 +20,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from .toolchain import Unavailable, parse_ptxas
+
 ROOT = Path(__file__).resolve().parents[1]
 CUDA_DIR = ROOT / "csrc" / "cuda"
 # Kernel sources and the number of variants (entry points) each instantiates.
@@ -45,13 +47,6 @@ MODES = {
 }
 
 
-def _unavailable(why: str) -> Exception:
-    # The bench's exception, so that `sparsekern-bench --static` reports the reason and goes on.
-    from .bench.static import Unavailable
-
-    return Unavailable(why)
-
-
 def nvcc() -> str | None:
     return shutil.which("nvcc")
 
@@ -72,9 +67,9 @@ def _cache_dir() -> Path:
 def compile_source(source: str, arch: int) -> tuple[str, str]:
     """(PTX, ptxas -v report) of one kernel source for one arch (80 or 90), cached."""
     if nvcc() is None:
-        raise _unavailable("CUDA C++ kernels: nvcc not found")
+        raise Unavailable("CUDA C++ kernels: nvcc not found")
     if not (CUDA_DIR / source).is_file():
-        raise _unavailable(f"CUDA C++ kernels: {CUDA_DIR / source} not found (an installed wheel has no sources)")
+        raise Unavailable(f"CUDA C++ kernels: {CUDA_DIR / source} not found (an installed wheel has no sources)")
     cache = _cache_dir()
     cache.mkdir(parents=True, exist_ok=True)
     sm = ARCHS[arch]
@@ -104,20 +99,6 @@ def _run(command: list[str]) -> subprocess.CompletedProcess:
     if done.returncode != 0:
         raise RuntimeError(f"{Path(command[0]).name} failed ({done.returncode}):\n{done.stderr or done.stdout}")
     return done
-
-
-def parse_ptxas(report: str) -> list[dict]:
-    """Per entry point: mangled name, stack, spill stores/loads, registers, shared bytes."""
-    entries = []
-    for block in re.split(r"(?=ptxas info\s+: Compiling entry function)", report)[1:]:
-        name = re.search(r"Compiling entry function '(\S+)'", block).group(1)
-        stack, stores, loads = map(int, re.search(
-            r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads", block).groups())
-        registers = int(re.search(r"Used (\d+) registers", block).group(1))
-        shared = re.search(r"(\d+) bytes smem", block)
-        entries.append(dict(name=name, stack=stack, spill_stores=stores, spill_loads=loads,
-                            registers=registers, shared_bytes=int(shared.group(1)) if shared else 0))
-    return entries
 
 
 def describe(mangled: str) -> dict:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 
 from .element.layout import ElementLayout
-from .layout import BlockLayout
+from .block.layout import BlockLayout
 
 FORMATS = ("auto", "dense", "block", "element")
 RUN_FORMATS = ("dense", "block", "element")
@@ -53,7 +53,7 @@ _CUDA_FP32 = {"element_per_density": 8.0, "element_floor": 0.01, "block_per_dens
 def _constants(device: torch.device, dtype: torch.dtype) -> dict:
     if device.type == "cuda":
         return _CUDA_FP32 if dtype == torch.float32 else _CUDA_16BIT
-    from .backends.cpu import cpu_isa  # loads the extension: only asked when the block kernels can run
+    from ._cpu_isa import cpu_isa  # loads the extension: only asked when the block kernels can run
 
     try:
         isa = cpu_isa()
@@ -83,13 +83,13 @@ def candidates(layout, device, dtype, *, blocks: BlockLayout | None = None) -> l
     """The formats that compute ``layout``'s function exactly and have a compiled backend for
     ``device`` and ``dtype``; "dense" always. ``blocks``: for an ``ElementLayout``, the block
     layout of exactly its entries when they are whole blocks (the block kernels need that)."""
-    from .backends import base as block_backends
+    from .block import backends as block_backends
     from .element import backends as element_backends
 
     device = torch.device(device)
     blocks = layout if isinstance(layout, BlockLayout) else blocks
     found = ["dense"]
-    if blocks is not None and block_backends._MATMUL.automatic_choice(device, dtype, blocks.block_size) not in (
+    if blocks is not None and block_backends.REGISTRY.automatic_choice(device, dtype, blocks.block_size) not in (
             None, "reference"):
         found.append("block")
     if element_backends.REGISTRY.automatic_choice(device, dtype, None) not in (None, "reference"):
@@ -105,7 +105,7 @@ def estimate_costs(layout, device, dtype, *, blocks: BlockLayout | None = None) 
     out_features, in_features = layout.shape
     costs = {"dense": 1.0}
     if "element" in found:
-        nnz = layout.nnz if isinstance(layout, ElementLayout) else entry_count(layout)
+        nnz = entry_count(layout) if isinstance(layout, BlockLayout) else layout.nnz
         floor = c["element_floor"] * (1 / out_features + 1 / in_features) * 1024
         costs["element"] = c["element_per_density"] * nnz / (out_features * in_features) + floor
     if "block" in found:
@@ -121,7 +121,8 @@ def choose_format(layout, device, dtype, *, blocks: BlockLayout | None = None) -
 
 
 def layout_for(format: str, layout, *, blocks: BlockLayout | None = None):
-    """The layout ``format`` runs ``layout``'s function with (dense: ``layout`` itself)."""
+    """The layout ``format`` runs ``layout``'s function with (dense: ``layout`` itself).
+    ``layout``: a ``BlockLayout``, an ``ElementLayout`` or a ``MaskLayout``."""
     if format == "dense":
         return layout
     if format == "block":

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from .block import BlockLayout, block_sparse_linear
 from .element import ElementLayout, element_sparse_linear
-from .function import block_sparse_linear
-from .layout import BlockLayout
 
 
 def sparse_linear(x: torch.Tensor, weight: torch.Tensor, layout, bias: torch.Tensor | None = None, *,

@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .dense import masked_dense_linear
+from .dense import MaskLayout, masked_dense_linear
 from .element import ElementLayout
 from .formats import FORMATS, check_format, choose_format, entry_count, layout_for, whole_blocks  # noqa: F401
-from .layout import BlockLayout, block_grid, check_density, count_for_density, normalize_block_size
+from .block.layout import BlockLayout, block_grid, check_density, count_for_density, normalize_block_size
 from .linear import sparse_linear
 from .projection.reference import block_norms, top_blocks  # noqa: F401  (re-exported)
 from .projection.topk_project import prepare_projection
@@ -79,23 +79,32 @@ class SparseLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.format == "dense":
-            return masked_dense_linear(x, self.weight, self.layout, self.bias, mask=self._dense_mask,
+            return masked_dense_linear(x, self.weight, self._layout, self.bias, mask=self._dense_mask,
                                        dense_weight_grad=self.dense_grad)
-        return sparse_linear(x, self.weight, self.layout, self.bias, dense_weight_grad=self.dense_grad)
+        return sparse_linear(x, self.weight, self._layout, self.bias, dense_weight_grad=self.dense_grad)
 
     # ------------------------------------------------------------------ layout
+    @property
+    def layout(self):
+        """The layout the current format runs (``BlockLayout`` or ``ElementLayout``). A layer
+        running dense over entries keeps only their mask; the index is built when asked for."""
+        if isinstance(self._layout, MaskLayout):
+            self._layout = self._sparsity = ElementLayout.from_mask(self._layout.mask)
+        return self._layout
+
     def _adopt(self, sparsity, whole=None) -> None:
-        """Make ``sparsity`` (a layout) the layer's function and choose the format that runs it.
-        ``whole``: for an ``ElementLayout``, the ``BlockLayout`` of exactly its entries when
-        they are whole blocks (then the block kernels are a candidate too)."""
-        self._sparsity, self._whole_blocks = sparsity, whole
+        """Make ``sparsity`` (a ``BlockLayout``, an ``ElementLayout``, or a ``MaskLayout`` when
+        no index was built) the layer's function and choose the format that runs it.
+        ``whole``: for entries, the ``BlockLayout`` of exactly them when they are whole blocks
+        (then the block kernels are a candidate too)."""
         device = "cpu" if self.weight.is_meta else self.weight.device
         if self.requested_format == "auto":
             self.format = choose_format(sparsity, device, self.weight.dtype, blocks=whole)
         else:
             self.format = self.requested_format
-        self.layout = layout_for(self.format, sparsity, blocks=whole)
-        self._dense_mask = self.layout.to_mask() if self.format == "dense" else None
+        self._sparsity, self._whole_blocks = sparsity, whole
+        self._layout = layout_for(self.format, sparsity, blocks=whole)
+        self._dense_mask = self._layout.to_mask() if self.format == "dense" else None
 
     def refresh_layout(self):
         """Recompute the layout from the weight's nonzeros (block format: the blocks holding any)
@@ -129,11 +138,23 @@ class SparseLinear(nn.Module):
         """The first half of ``project_``: checks and plans, writes nothing (a bad argument
         raises here with the weight untouched). ``apply_projection`` carries it out."""
         granularity = granularity or self.granularity
+        k = self._projection_k(density, granularity)
         return prepare_projection(
-            self.weight, self._projection_k(density, granularity), granularity=granularity,
+            self.weight, k, granularity=granularity,
             block_size=self.block_size, min_per_row=min_per_row, backend=backend,
-            element_layout=self._sparsity_of(granularity) == "element",
+            element_layout=self._sparsity_of(granularity) == "element" and not self._runs_dense(k),
         )
+
+    def _runs_dense(self, k: int) -> bool:
+        """Whether the layer will run dense with at most ``k`` entries: then a projection need
+        not list the index (the mask is enough; ``apply_projection`` checks the count after)."""
+        if self.requested_format in ("block", "element"):
+            return False
+        if self.requested_format == "dense":
+            return True
+        shape = (self.out_features, self.in_features)
+        return choose_format(MaskLayout(torch.empty(shape, dtype=torch.bool, device="meta"), k),
+                             self.weight.device, self.weight.dtype) == "dense"
 
     def _sparsity_of(self, granularity: str) -> str:
         """The kind of layout a projection at ``granularity`` leaves: the block format keeps
@@ -160,7 +181,10 @@ class SparseLinear(nn.Module):
             whole = None
             if self.requested_format == "auto" and result.nnz:
                 whole = whole_blocks(result.block_counts, self.block_size, shape)
-            self._adopt(result.element_layout, whole)
+            entries = result.element_layout
+            if entries is None:  # expected to run dense: the mask of what is left is enough
+                entries = MaskLayout(self.weight.detach() != 0, result.nnz)
+            self._adopt(entries, whole)
         else:
             self._adopt(BlockLayout.from_block_mask(result.block_counts > 0, self.block_size, shape))
         return result
@@ -212,7 +236,7 @@ class SparseLinear(nn.Module):
         linear = nn.Linear(self.in_features, self.out_features, self.bias is not None,
                            device=self.weight.device, dtype=self.weight.dtype)
         with torch.no_grad():
-            linear.weight.copy_(torch.where(self.layout.to_mask(), self.weight, 0))
+            linear.weight.copy_(torch.where(self._layout.to_mask(), self.weight, 0))
             if self.bias is not None:
                 linear.bias.copy_(self.bias)
         return linear

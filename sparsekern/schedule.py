@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import numbers
 
-from .layout import check_density
+from .block.layout import check_density
 
 SHAPES = ("linear", "loglog")
 

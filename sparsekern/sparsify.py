@@ -17,7 +17,7 @@ import fnmatch
 import torch
 from torch import nn
 
-from .layout import check_density
+from .block.layout import check_density
 from .module import SparseLinear
 from .projection.topk_project import GRANULARITIES
 

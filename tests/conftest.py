@@ -35,7 +35,7 @@ def device_backends(device="cpu") -> list[str]:
     (triton on CPU tensors only under the interpreter)."""
     device = torch.device(device)
     return [name for name in sparsekern.backend_names()
-            if not sparsekern.backends.get_backend(name).reasons(device, torch.float32, (32, 32))]
+            if not sparsekern.block.backends.get_backend(name).reasons(device, torch.float32, (32, 32))]
 
 
 def cpu_backends() -> list[str]:
@@ -45,7 +45,7 @@ def cpu_backends() -> list[str]:
 def backend_dtypes(name: str, device="cpu") -> list[torch.dtype]:
     """Low- and full-precision dtypes a backend runs on ``device`` here (bf16 excluded from the
     Triton interpreter, whose tl.dot on bf16 is wrong in Triton 3.8/3.9)."""
-    backend = sparsekern.backends.get_backend(name)
+    backend = sparsekern.block.backends.get_backend(name)
     device = torch.device(device)
     dtypes = [d for d in (torch.float32, torch.float16, torch.bfloat16)
               if not backend.reasons(device, d, (32, 32))]

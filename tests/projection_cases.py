@@ -2,7 +2,7 @@
 
 import torch
 
-from sparsekern.layout import expand_block_mask, normalize_block_size
+from sparsekern.block.layout import expand_block_mask, normalize_block_size
 from sparsekern.projection import reference, topk_project_
 from sparsekern.projection.backends import REGISTRY
 

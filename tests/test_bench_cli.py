@@ -7,6 +7,7 @@ against the fp64 reference first.
 """
 
 import csv
+import importlib.util
 import json
 import os
 import subprocess
@@ -17,7 +18,7 @@ import pytest
 import torch
 
 import sparsekern
-from sparsekern.backends import get_backend
+from sparsekern.block.backends import get_backend
 from sparsekern.bench import cli, projection, report, static
 from sparsekern.bench.cases import Case, Shape, Sweep, useful_flops
 from sparsekern.bench.runner import run_linear_case, run_projection_case
@@ -289,6 +290,52 @@ def test_element_format_sweep_checks_every_row_and_reports_the_roofline(tmp_path
 def test_element_format_refuses_blocks():
     with pytest.raises(SystemExit):
         cli.main(["--format", "element", "--block-sizes", "32"])
+
+
+# ------------------------------------------------------------------ the optional SparseProp peer
+def test_sparseprop_peer_is_a_default_of_the_element_format_only():
+    assert cli.parse_peers(None, "element") == ["bsr", "csr", "sparseprop"]
+    assert cli.parse_peers(None, "block") == ["bsr", "csr"]
+    assert cli.parse_peers("sparseprop,csr") == ["sparseprop", "csr"]
+
+
+def test_sparseprop_not_installed_is_reported_not_available(monkeypatch, tmp_path, capsys):
+    # As if the package were absent (installed or not here): every import of it fails.
+    for name in [m for m in sys.modules if m.partition(".")[0] == "sparseprop"] + ["sparseprop"]:
+        monkeypatch.setitem(sys.modules, name, None)
+    args = ["--format", "element", "--device", "cpu", "--shapes", "16x64x48", "--densities", "0.25",
+            "--passes", "forward", "--backends", "reference", "--repeats", "1", "--warmup", "0",
+            "--no-progress", "--no-plot", "--out", str(tmp_path)]
+    assert cli.main(args) == 0  # a missing optional peer is no failure
+    out = capsys.readouterr().out
+    assert "sparseprop n/a: sparseprop is not installed (pip install sparseprop)" in out
+    (path,) = tmp_path.glob("*.json")
+    row = next(r for r in json.load(open(path))["rows"] if r["impl"] == "sparseprop")
+    assert row["status"] == "n/a" and row["time_ms"] is None and row["kind"] == "peer"
+
+
+@pytest.mark.skipif(importlib.util.find_spec("sparseprop") is None,
+                    reason="sparseprop is not installed (make bench-peers)")
+@pytest.mark.parametrize("pass_", ["forward", "backward", "forward+backward"])
+def test_sparseprop_peer_passes_the_check(pass_):
+    case = Case(pass_, Shape(16, 64, 48), (1, 1), 0.25, "fp32")
+    rows = run_linear_case(case, [], ["sparseprop"], torch.device("cpu"), repeats=1, warmup=0, seed=0)
+    by = {r["impl"]: r for r in rows}
+    assert by["sparseprop"]["status"] == "ok" and by["sparseprop"]["verified"] is True, by["sparseprop"]
+    assert by["sparseprop"]["time_ms"] > 0
+
+
+@pytest.mark.skipif(importlib.util.find_spec("sparseprop") is None,
+                    reason="sparseprop is not installed (make bench-peers)")
+def test_sparseprop_weight_gradient_is_checked(monkeypatch):
+    from sparsekern.bench import impls
+
+    right = impls.SparseProp.dense_weight_grad
+    monkeypatch.setattr(impls.SparseProp, "dense_weight_grad", lambda self, g: right(self, g) * 1.001)
+    case = Case("backward", Shape(16, 64, 48), (1, 1), 0.25, "fp32")
+    rows = run_linear_case(case, [], ["sparseprop"], torch.device("cpu"), repeats=1, warmup=0, seed=0)
+    by = {r["impl"]: r for r in rows}
+    assert by["sparseprop"]["status"] == "WRONG" and "dw rel. error" in by["sparseprop"]["note"]
 
 
 def test_an_interrupted_sweep_saves_the_cases_it_finished(tmp_path):

@@ -19,11 +19,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import sparsekern
-from sparsekern import reference
+from sparsekern.block import reference
 from sparsekern._alloc import poisoned_outputs
 from sparsekern._extension import extension, unavailable_reason
-from sparsekern.backends import BackendUnavailableError, get_backend, select
-from sparsekern.backends.cpu import bf16_on_tiles, cpu_isa, set_cpu_isa
+from sparsekern import cpu_isa, set_cpu_isa
+from sparsekern.backend import BackendUnavailableError
+from sparsekern.block.backends import get_backend, select
+from sparsekern.block.backends.cpu import bf16_on_tiles
 from conftest import assert_close_to_reference, random_weight
 
 if os.environ.get("SPARSEKERN_SKIP_EXTENSION", "0") not in ("", "0"):
@@ -249,8 +251,8 @@ def test_environment_variable_caps_the_isa(env):
         pytest.skip(f"this CPU does not support {env}")
     code = (
         "import torch, sparsekern\n"
-        "from sparsekern.backends.cpu import cpu_isa\n"
-        "from sparsekern import reference as R\n"
+        "from sparsekern import cpu_isa\n"
+        "from sparsekern.block import reference as R\n"
         "L = sparsekern.BlockLayout.random((50, 70), 16, 0.5, generator=torch.Generator().manual_seed(0))\n"
         "w = torch.randn(50, 70) * L.to_mask(); x = torch.randn(9, 70)\n"
         "y = sparsekern.block_sparse_linear(x, w, L, backend='cpu')\n"

@@ -18,8 +18,9 @@ import pytest
 import torch
 
 import sparsekern
-from sparsekern import cuda_static
-from sparsekern.backends import BackendUnavailableError, get_backend, select
+from sparsekern import cuda_static, toolchain
+from sparsekern.backend import BackendUnavailableError
+from sparsekern.block.backends import get_backend, select
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,7 +40,7 @@ ALL_SOURCES = {**cuda_static.SOURCES, **cuda_static.ELEMENT_SOURCES, **cuda_stat
 def test_no_spills(source, arch):
     # Every CUDA source, matmul (both formats) and projection: one nvcc -ptx and one ptxas -v
     # per (source, arch), with the build's flags; cached.
-    entries = cuda_static.parse_ptxas(cuda_static.compile_source(source, arch)[1])
+    entries = toolchain.parse_ptxas(cuda_static.compile_source(source, arch)[1])
     expected = ALL_SOURCES[source]
     assert len(entries) == expected, f"expected {expected} kernels, ptxas compiled {len(entries)}"
     spilling = [e for e in entries if e["stack"] or e["spill_stores"] or e["spill_loads"]]
@@ -152,7 +153,7 @@ def test_cuda_entry_points_reject_cpu_tensors_before_any_cuda_call():
 def test_cuda_tensor_without_cuda_kernels_names_the_backends_that_can(monkeypatch):
     # A build without CUDA kernels: forcing "cuda" raises with the reason and the
     # alternatives; an automatic choice falls back to triton.
-    import sparsekern.backends.cuda as cuda_backend
+    import sparsekern.block.backends.cuda as cuda_backend
 
     monkeypatch.setattr(cuda_backend, "unavailable_reason",
                         lambda *names: "the compiled extension lacks " + ", ".join(names))

@@ -11,7 +11,7 @@ import torch
 import sparsekern
 from conftest import TF32_EPS, assert_close_to_reference, assert_within_twice_torch, random_weight
 from linear_cases import cuda_tf32, run_linear_case
-from sparsekern.backends import get_backend
+from sparsekern.block.backends import get_backend
 
 pytestmark = [
     pytest.mark.gpu,

@@ -92,7 +92,7 @@ ISAS = ("portable", "avx2", "avx512", "amx")
 @pytest.mark.skipif("cpu" not in COMPILED, reason="the compiled extension is not built")
 @pytest.mark.parametrize("isa", ISAS)
 def test_every_cpu_isa(isa):
-    from sparsekern.backends.cpu import set_cpu_isa
+    from sparsekern import set_cpu_isa
     from sparsekern._extension import extension
 
     best = extension().cpu_best_isa()

@@ -5,7 +5,7 @@ import torch
 
 import sparsekern
 from sparsekern import BlockLayout, block_sparse_linear
-from sparsekern.backends import BackendUnavailableError
+from sparsekern.backend import BackendUnavailableError
 
 
 @pytest.fixture
@@ -20,7 +20,7 @@ def no_kernel(monkeypatch):
     def boom(*a, **k):
         raise AssertionError("a kernel ran before the arguments were checked")
     for name in sparsekern.backend_names():
-        backend = sparsekern.backends.get_backend(name)
+        backend = sparsekern.block.backends.get_backend(name)
         for product in ("forward", "grad_input", "grad_weight"):
             monkeypatch.setattr(backend, product, boom)
 
@@ -59,7 +59,7 @@ def test_forced_backend_that_cannot_run_says_why(args, monkeypatch):
 def test_environment_variable_forces_a_backend(args, monkeypatch):
     monkeypatch.setenv("SPARSEKERN_BACKEND", "reference")
     calls = []
-    backend = sparsekern.backends.get_backend("reference")
+    backend = sparsekern.block.backends.get_backend("reference")
     original = backend.forward
     monkeypatch.setattr(backend, "forward", lambda *a: calls.append(1) or original(*a))
     block_sparse_linear(*args[:3])
@@ -72,7 +72,7 @@ def test_environment_variable_forces_a_backend(args, monkeypatch):
 def test_float64_forced_on_a_backend_without_it(args):
     x, w, layout, _ = args
     for name in sparsekern.backend_names():
-        backend = sparsekern.backends.get_backend(name)
+        backend = sparsekern.block.backends.get_backend(name)
         if torch.float64 not in backend.dtypes:
             with pytest.raises(BackendUnavailableError, match="float64"):
                 block_sparse_linear(x.double(), w.double(), layout, backend=name)
@@ -99,7 +99,7 @@ def test_cuda_tensor_request_without_cuda_names_the_backends(args, monkeypatch):
 
 
 def test_cuda_backend_declines_gpus_it_was_not_built_for():
-    from sparsekern.backends.cuda import _runs_on
+    from sparsekern.backend import _runs_on
 
     assert _runs_on("8.0", 8, 0) and _runs_on("8.0", 8, 9)  # sm_80 cubins run on later 8.x
     assert not _runs_on("8.0", 7, 5) and not _runs_on("8.0", 9, 0)
@@ -113,4 +113,4 @@ def test_asking_for_cuda_without_a_gpu_answers_instead_of_raising():
     assert sparsekern.available_backends("cuda") == []
     assert sparsekern.projection_backends("cuda", torch.float32) == []
     with pytest.raises(sparsekern.BackendUnavailableError, match="no CUDA device here"):
-        sparsekern.backends.select("cuda", torch.device("cuda"), torch.float32, (32, 32))
+        sparsekern.block.backends.select("cuda", torch.device("cuda"), torch.float32, (32, 32))

@@ -199,3 +199,31 @@ def test_compile_fullgraph_on_a_model_that_switches_format_during_training():
         formats_seen |= {m.format for m in model if isinstance(m, SparseLinear)}
         projector.step()
     assert {"dense", "element"} <= formats_seen
+
+
+def test_a_layer_running_dense_builds_no_index_until_asked():
+    torch.manual_seed(7)
+    layer = SparseLinear(128, 96, density=1.0, format="auto")
+    result = layer.project_(0.9)  # dense by the cost model: the projection lists no index
+    assert result.element_layout is None and layer.format == "dense"
+    assert isinstance(layer._layout, sparsekern.dense.MaskLayout) and layer._layout.nnz == result.nnz
+    x = torch.randn(3, 128)
+    expected = F.linear(x.double(), layer.weight.detach().double(), layer.bias.detach().double())
+    assert_close_to_reference(layer(x).detach(), expected, name="y")
+    assert isinstance(layer.layout, ElementLayout)  # built on demand, and kept
+    assert layer.layout == ElementLayout.from_weight(layer.weight) and layer._layout is layer.layout
+    forced = SparseLinear(128, 96, density=1.0, format="dense")
+    assert forced.project_(0.05).element_layout is None and forced.format == "dense"
+    assert forced.layout == ElementLayout.from_weight(forced.weight)
+
+
+@needs_element_cpu
+def test_a_projection_expected_dense_that_ends_sparse_switches_format():
+    # k says dense, but the weight had few nonzeros: the count after the pass decides.
+    layer = SparseLinear(256, 256, density=1.0)
+    with torch.no_grad():
+        layer.weight.zero_()
+        layer.weight[torch.arange(256), torch.arange(256)] = 1.0
+    result = layer.project_(0.9)
+    assert result.element_layout is None and result.nnz == 256
+    assert layer.format == "element" and layer.layout == ElementLayout.from_weight(layer.weight)

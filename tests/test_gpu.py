@@ -12,7 +12,7 @@ import torch
 import sparsekern
 from conftest import backend_cases
 from linear_cases import cuda_tf32, run_linear_case
-from sparsekern.backends import get_backend, select
+from sparsekern.block.backends import get_backend, select
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none present)")]

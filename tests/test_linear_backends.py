@@ -76,5 +76,5 @@ def test_large_outputs_allocated_by_the_kernel(backend):
 @pytest.mark.skipif(not os.environ.get("CI"), reason="CI only: a developer machine may lack the extension")
 def test_ci_builds_the_cpu_backend():
     # In CI the compiled extension must build; otherwise this matrix would quietly shrink.
-    assert "cpu" in sparsekern.available_backends("cpu"), sparsekern.backends.get_backend("cpu").reasons(
+    assert "cpu" in sparsekern.available_backends("cpu"), sparsekern.block.backends.get_backend("cpu").reasons(
         torch.device("cpu"), torch.float32, (32, 32))

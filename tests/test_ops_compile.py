@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import sparsekern
-from sparsekern import ops
+from sparsekern.block import ops
 from conftest import cpu_backends
 
 BACKENDS = cpu_backends()

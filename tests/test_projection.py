@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 import sparsekern
 from sparsekern import topk_project_
-from sparsekern.backends import BackendUnavailableError
+from sparsekern.backend import BackendUnavailableError
 from sparsekern.projection.backends import REGISTRY
 
 from projection_cases import DTYPES, KINDS, bits, check_projection, make_weight, projection_backends_here
@@ -104,8 +104,8 @@ def test_floors_large(backend, generator):
 @pytest.mark.parametrize("kind", ("normal", "ties"))
 def test_block_mode_matches_rule(backend, dtype, block_size, kind, generator):
     w = make_weight(kind, (70, 100), dtype, generator)
-    bs = sparsekern.layout.normalize_block_size(block_size)
-    n_blocks = math.prod(sparsekern.layout.block_grid((70, 100), bs))
+    bs = sparsekern.block.layout.normalize_block_size(block_size)
+    n_blocks = math.prod(sparsekern.block.layout.block_grid((70, 100), bs))
     for k in sorted({0, 1, n_blocks // 3, n_blocks}):
         check_projection(w, k, backend, granularity="block", block_size=bs)
     n_floor = int(sparsekern.projection.reference.floor_mask(sparsekern.block_norms(w, bs), 1, 1).sum())
@@ -305,12 +305,11 @@ def test_sort_free_floors_match_sorted_floors(kind, floors, generator):
 def test_cpu_instruction_sets_agree(isa, generator):
     # The passes are built once per instruction set (topk_portable.cpp, topk_avx2.cpp).
     from sparsekern._extension import extension
-    from sparsekern.backends import cpu as cpu_backend
 
     order = ["portable", "avx2", "avx512", "amx"]
     if order.index(isa) > order.index(extension().cpu_best_isa()):
         pytest.skip(f"this CPU does not support {isa}")
-    previous = cpu_backend.set_cpu_isa(isa)
+    previous = sparsekern.set_cpu_isa(isa)
     try:
         for kind in ("normal", "ties"):
             w = make_weight(kind, (600, 520), torch.float32, generator)
@@ -318,4 +317,4 @@ def test_cpu_instruction_sets_agree(isa, generator):
             check_projection(w, w.numel() // 4, "cpu", min_per_row=3, min_per_col=1)
             check_projection(w, w.numel(), "cpu")
     finally:
-        cpu_backend.set_cpu_isa(previous)
+        sparsekern.set_cpu_isa(previous)

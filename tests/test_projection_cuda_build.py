@@ -16,9 +16,10 @@ import torch
 
 from projection_cases import bits, make_weight
 from sparsekern import cuda_static
-from sparsekern.backends import BackendUnavailableError
+from sparsekern.backend import BackendUnavailableError
 from sparsekern.projection import floors, reference, topk_project_
-from sparsekern.projection.backends import REGISTRY, key_to_magnitude
+from sparsekern.projection.backends import REGISTRY
+from sparsekern.projection.keys import key_to_magnitude
 from test_cuda_build import _build_host_program, _cuda_include, _expect_cuda_kernels, needs_nvcc
 
 ARCHS = sorted(cuda_static.ARCHS)

@@ -237,7 +237,7 @@ def test_projector_block_granularity():
     model = _sparse_model()
     results = Projector(model, lambda step: 0.5, granularity="block", min_per_neuron=1).step()
     for layer, result in zip([m for m in model.modules() if isinstance(m, SparseLinear)], results):
-        n_blocks = math.prod(sparsekern.layout.block_grid(tuple(layer.weight.shape), layer.block_size))
+        n_blocks = math.prod(sparsekern.block.layout.block_grid(tuple(layer.weight.shape), layer.block_size))
         assert result.k == count_for_density(0.5, n_blocks)
         assert (layer.layout.to_block_mask().sum(1) >= 1).all()
 

@@ -46,7 +46,7 @@ def test_large_on_gpu(dtype, generator):
 
 @pytest.mark.skipif(not interpreting(), reason="runs where the tests use the interpreter (no GPU)")
 def test_kernels_compile_ahead_of_time_for_sm80_and_sm90():
-    from sparsekern.projection.topk_aot import report_in_subprocess
+    from sparsekern.triton.topk_aot import report_in_subprocess
 
     reports = report_in_subprocess()
     kernels = {"topk_hist", "topk_pick", "topk_ties", "topk_apply"}

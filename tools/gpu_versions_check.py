@@ -10,8 +10,8 @@ import triton
 
 import sparsekern
 from sparsekern import _extension
-from sparsekern.projection.topk_aot import compile_kernel as compile_topk
-from sparsekern.projection.topk_aot import default_cases as topk_cases
+from sparsekern.triton.topk_aot import compile_kernel as compile_topk
+from sparsekern.triton.topk_aot import default_cases as topk_cases
 from sparsekern.triton.aot import compile_kernel, default_cases, expected_tensor_core
 
 want_torch, want_triton, with_cuda = sys.argv[1], sys.argv[2], sys.argv[3] == "1"

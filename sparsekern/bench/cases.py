@@ -14,7 +14,7 @@ import itertools
 
 import torch
 
-from ..layout import BLOCK_SIDES
+from ..block.layout import BLOCK_SIDES
 
 PASSES = ("forward", "backward", "forward+backward", "projection")
 # Products of a pass, for the useful work: y = xW^T; dx = gW; dW = g^T x on active blocks.

@@ -13,7 +13,7 @@ import os
 import sys
 
 from .cases import DTYPES, PASSES, BenchInputError
-from .impls import PEERS
+from .impls import DEFAULT_PEERS, PEERS, peer_name
 
 PROG = "sparsekern-bench"
 class _Parser(argparse.ArgumentParser):
@@ -24,7 +24,8 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog=PROG, description=(
         "Benchmark sparsekern's block-sparse linear layer against dense F.linear (cuBLAS / MKL-oneDNN) and "
-        "torch's sparse paths (BSR weight in F.linear, CSR through torch.sparse.mm). Every backend that can "
+        "torch's sparse paths (BSR weight in F.linear, CSR through torch.sparse.mm), and, for the element format, "
+        "SparseProp's SparseLinear where it is installed. Every backend that can "
         "run on the device is timed side by side with dense; each result is checked against an fp64 "
         "reference before timing."))
     p.add_argument("--device", default="auto", help="auto (cuda if present, else cpu), cpu, cuda or cuda:N")
@@ -34,8 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "x[2048, 2048] @ W[8192, 2048].T on a CPU at densities 1/16 to 1/1024)")
     p.add_argument("--backends", help="comma-separated sparsekern backends (default: every one that can run "
                                       "here, the Triton interpreter excepted)")
-    p.add_argument("--peers", default="bsr,csr",
-                   help="torch sparse peers, comma-separated from bsr, csr (default: both), or none")
+    p.add_argument("--peers",
+                   help="peers, comma-separated from bsr, csr (torch's BSR and CSR paths) and sparseprop "
+                        "(SparseProp's SparseLinear, CPU fp32, optional: make bench-peers), or none "
+                        "(default: bsr,csr; with --format element also sparseprop, n/a where not installed)")
     p.add_argument("--passes", help=f"comma-separated, from {', '.join(PASSES)}")
     p.add_argument("--dtypes", help=f"comma-separated, from {', '.join(DTYPES)} (tf32: fp32 data with CUDA's "
                                     "TF32 matmul mode on for every implementation; fp32 runs IEEE)")
@@ -82,7 +85,7 @@ def resolve_device(text: str):
 
 def resolve_backends(text: str | None, device, sweep) -> list[str]:
     """Named backends (each must be able to run on ``device``), or every one that can run some case."""
-    from .. import backends as registry
+    from ..block import backends as registry
     from .cases import Case, Shape, parse_list
     from .impls import backend_reasons
 
@@ -146,9 +149,11 @@ def make_sweep(args, device):
     return sweep
 
 
-def parse_peers(text: str) -> list[str]:
+def parse_peers(text: str | None, format: str = "block") -> list[str]:
     from .cases import parse_choices
 
+    if text is None:
+        return list(DEFAULT_PEERS[format])
     if text.strip() == "none":
         return []
     return list(dict.fromkeys(parse_choices(text, "peer", PEERS)))
@@ -196,7 +201,7 @@ def _main(args) -> int:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     sweep = make_sweep(args, device)
-    peers = parse_peers(args.peers)
+    peers = parse_peers(args.peers, args.format)
     backends = resolve_backends(args.backends, device, sweep)
     old = None
     if args.compare:
@@ -219,7 +224,7 @@ def _main(args) -> int:
     if busy:
         print(busy, file=sys.stderr)
     print(f"backends: {', '.join(backends) or 'none'}; peers: dense F.linear"
-          + "".join(f", torch-{p}" for p in peers)
+          + "".join(f", {peer_name(p)}" for p in peers)
           + (f"; projection: {', '.join(projection_backends) or 'none'} vs torch-topk"
              if "projection" in sweep.passes else "")
           + f"; {len(sweep.cases())} cases x {sweep.repeats} repeats (median, interleaved)")

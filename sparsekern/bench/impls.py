@@ -7,6 +7,9 @@
   ``ElementLayout`` for the element format's cases (block ``ELEMENT``).
 * ``torch-bsr``: ``F.linear`` with the weight as ``to_sparse_bsr(block)``.
 * ``torch-csr``: ``torch.sparse.mm`` with the weight as ``to_sparse_csr()``.
+* ``sparseprop``: SparseProp's ``SparseLinear`` (``pip install sparseprop``; optional, imported
+  only when the peer is prepared): its own CSR weight and C++ (AVX2, OpenMP) forward and
+  backward kernels, CPU and fp32 only; its weight gradient is the nonzeros' values.
 
 Before timing, each implementation runs the pass once and its results are checked
 against an fp64 reference of the same problem (``verified`` in every row); torch's
@@ -23,11 +26,15 @@ import torch
 import torch.nn.functional as F
 
 from ..element import ElementLayout
-from ..layout import BlockLayout
+from ..block.layout import BlockLayout
 from ..linear import sparse_linear
 from .cases import DTYPES, ELEMENT, Case
 
-PEERS = ("bsr", "csr")
+PEERS = ("bsr", "csr", "sparseprop")
+# The peers run when --peers is not given, by format: SparseProp's layer is an element-format
+# (unstructured CSR) peer; where the package is not installed its row says so (n/a).
+DEFAULT_PEERS = {"block": ("bsr", "csr"), "element": ("bsr", "csr", "sparseprop")}
+SPARSEPROP_MISSING = "sparseprop is not installed (pip install sparseprop)"
 
 # Relative error floor (against the largest reference entry) by dtype; the bar is the
 # larger of this and twice dense F.linear's own error in that dtype on the same problem,
@@ -78,7 +85,11 @@ def make_problem(case: Case, device: torch.device, n_sets: int, seed: int) -> Pr
     def randn(*size, scale=1.0):
         return (torch.randn(size, generator=gen, device=device) * scale).to(dtype)
 
+    # No exact zero on the layout (randn draws one now and then, and fp16/bf16 round tiny ones to 0):
+    # converters that keep nonzeros (to_sparse_csr, SparseProp's scipy CSR) would drop the entry,
+    # and with it its weight gradient, so the check would flag a peer for the data, not its kernel.
     w = randn(*shape)
+    w = w.masked_fill(w == 0, 1.0)
     xs = [randn(case.shape.m, case.shape.k, scale=case.shape.k ** -0.5) for _ in range(n_sets)]  # outputs ~ 1
     grads = [randn(case.shape.m, case.shape.n) for _ in range(n_sets)]
     return Problem(layout, mask, torch.where(mask, w, float("nan")), torch.where(mask, w, 0), xs, grads)
@@ -184,6 +195,62 @@ class TorchCsr(Impl):
         return grad.to_dense()
 
 
+class SparseProp(Impl):
+    """SparseProp's ``SparseLinear`` built from the masked weight, as its README does
+    (``SparseLinear(dense_weight)``, i.e. ``SparseLinear.from_dense(linear)``): x is [M, K] like
+    ``F.linear``'s (the layer transposes it to [K, M] for its kernels and y back itself); the
+    weight leaf is ``W_val``, the nonzeros in CSR order, and so is its gradient: the check
+    scatters it onto the dense [N, K] grid (``dense_weight_grad``), zeros elsewhere."""
+
+    name, kind = "sparseprop", "peer"
+    weight_grad_off_layout_zero = True  # a scatter of the nonzeros' gradient: exactly zero elsewhere
+
+    def prepare(self, problem, case):
+        weight = problem.weight_masked
+        if weight.device.type != "cpu":
+            raise NotAvailable("sparseprop's kernels are CPU only")
+        if weight.dtype != torch.float32:
+            raise NotAvailable(f"sparseprop's kernels are fp32 only (this case is {case.dtype})")
+        layer_cls = import_sparseprop()
+        layer = layer_cls(weight.detach().clone())
+        indptr, indices = layer.W_idx
+        # It converts through scipy (zeros dropped) and passes the indices through fp32
+        # (exact below 2**24): its pattern must be the layout's, or its rows are not this problem.
+        rows = torch.repeat_interleave(torch.arange(weight.shape[0]), indptr.diff().long())
+        cols = indices.long()
+        if len(cols) != problem.nnz_elements or not bool(problem.mask[rows, cols].all()):
+            raise NotAvailable(f"SparseLinear's CSR holds {len(cols)} entries, not the layout's "
+                               f"{problem.nnz_elements} (it keeps nonzeros only; its indices pass through fp32)")
+        self._index, self._shape = (rows, cols), tuple(weight.shape)
+        return layer
+
+    def apply(self, state, x):
+        return state(x)
+
+    def weight_of(self, state):
+        return state.W_val
+
+    def dense_weight_grad(self, grad):
+        dense = grad.new_zeros(self._shape)
+        dense[self._index] = grad
+        return dense
+
+
+def import_sparseprop():
+    """``sparseprop.modules.SparseLinear``, imported on first use (never with sparsekern), or
+    ``NotAvailable`` saying why not. Its OpenMP kernels share torch's libgomp (same soname):
+    they run on torch's thread count (``--threads``)."""
+    try:
+        from sparseprop.modules import SparseLinear
+    except ModuleNotFoundError as err:
+        if (err.name or "").partition(".")[0] == "sparseprop":
+            raise NotAvailable(SPARSEPROP_MISSING) from None
+        raise NotAvailable(f"sparseprop cannot be imported: {err}") from None
+    except ImportError as err:  # e.g. its extension built for another CPU or Python
+        raise NotAvailable(f"sparseprop cannot be imported: {err}") from None
+    return SparseLinear
+
+
 def backend_reasons(name: str, case: Case, device, dtype) -> list[str]:
     """Why sparsekern backend ``name`` cannot run ``case`` (its format's registry); empty if it can."""
     if case.block == ELEMENT:
@@ -192,7 +259,7 @@ def backend_reasons(name: str, case: Case, device, dtype) -> list[str]:
         if name not in REGISTRY.names():
             return [f"{name} has no element-format backend"]
         return REGISTRY.get(name).reasons(device, dtype, None)
-    from ..backends import get_backend
+    from ..block.backends import get_backend
 
     return get_backend(name).reasons(device, dtype, case.block)
 
@@ -219,17 +286,27 @@ def memory_floor(problem: Problem, pass_: str):
 # torch's own paths by the name they are reported under (the peers as --peers spells them:
 # "torch-" + one of PEERS).
 BASELINES = {"dense": Dense, "torch-bsr": TorchBsr, "torch-csr": TorchCsr}
+# Peers from other packages, optional (not in BASELINES: benchmarks/ runs those unconditionally).
+OTHER_PEERS = {"sparseprop": SparseProp}
+
+
+def peer_name(peer: str) -> str:
+    """The name a --peers entry is reported under: torch-bsr, torch-csr, sparseprop."""
+    return peer if peer in OTHER_PEERS else f"torch-{peer}"
 
 
 def by_name(name: str) -> Impl:
-    """dense, torch-bsr, torch-csr, or a sparsekern backend."""
+    """dense, torch-bsr, torch-csr, sparseprop, or a sparsekern backend."""
+    if name in OTHER_PEERS:
+        return OTHER_PEERS[name]()
     return BASELINES[name]() if name in BASELINES else Sparsekern(name)
 
 
 def implementations(backends: list[str], peers: list[str]) -> list[Impl]:
-    """Dense first (the baseline), then sparsekern's backends, then torch's sparse paths."""
+    """Dense first (the baseline), then sparsekern's backends, then the peers (torch's sparse
+    paths, SparseProp)."""
     impls: list[Impl] = [Dense()] + [Sparsekern(b) for b in backends]
-    impls += [BASELINES[f"torch-{p}"]() for p in peers]
+    impls += [by_name(peer_name(p)) for p in peers]
     return impls
 
 

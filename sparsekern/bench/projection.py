@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from ..layout import block_grid, count_for_density, expand_block_mask
+from ..block.layout import block_grid, count_for_density, expand_block_mask
 from ..module import block_norms, top_blocks
 from .cases import DTYPES, ELEMENT, Case
 from .impls import NotAvailable
@@ -95,7 +95,7 @@ def backend_names(named, device: torch.device, dtypes) -> list[str]:
 
 def probe(check) -> float:
     """Run a check, turning a backend's refusal (it cannot run this dtype or device) into NotAvailable."""
-    from ..backends import BackendUnavailableError
+    from ..backend import BackendUnavailableError
 
     try:
         return check()

@@ -4,7 +4,7 @@ No GPU needed. Each provider returns rows of ``kernel, arch, dtype, block_size, 
 registers, spill_bytes, shared_bytes, tensor_core`` or raises ``Unavailable`` with the
 reason it has nothing to report:
 
-* Triton: ``sparsekern.triton.aot`` (the matmul kernels) and ``sparsekern.projection.topk_aot``
+* Triton: ``sparsekern.triton.aot`` (the matmul kernels) and ``sparsekern.triton.topk_aot``
   (the top-k kernels), each in a subprocess without ``TRITON_INTERPRET``;
 * CUDA C++: ``sparsekern.cuda_static.static_report()`` (ptxas figures of the ``.cu``
   kernels; it raises ``Unavailable`` without nvcc or the sources).
@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import importlib.util
 
-
-class Unavailable(Exception):
-    """A provider has nothing to report here; the message says why."""
+from ..toolchain import Unavailable
 
 
 def triton_rows() -> list[dict]:
@@ -33,7 +31,7 @@ def topk_rows() -> list[dict]:
     """The projection's Triton top-k kernels (no matmul: no tensor cores, no block size)."""
     if importlib.util.find_spec("triton") is None:
         raise Unavailable("Triton top-k kernels: the triton package is not installed")
-    from ..projection.topk_aot import report_in_subprocess
+    from ..triton.topk_aot import report_in_subprocess
 
     rows = []
     for row in report_in_subprocess():

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from .._checks import check_linear_args
-from ..function import _autocast, linear_backward
+from ..block.function import _autocast, linear_backward
 from . import ops
 from .backends import select
 from .layout import ElementLayout
@@ -45,7 +45,7 @@ def _choose_backend(name, device, dtype) -> str:
     return select(name, device, dtype, None).name
 
 
-# Configuration only: under torch.compile a constant of the graph (see function.py's note).
+# Configuration only: under torch.compile a constant of the graph (see sparsekern/block/function.py's note).
 _choose_backend._dynamo_marked_constant = True
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from ..layout import _check_shape, check_density, count_for_density
+from ..block.layout import _check_shape, check_density, count_for_density
 from .reference import _mask as index_mask  # the oracle's own index-to-mask step
 
 _INT32_MAX = 2**31 - 1

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..reference import _expand_pointers
+from ..block.reference import _expand_pointers
 
 
 def _mask(ptr: torch.Tensor, idx: torch.Tensor, shape, transposed: bool = False) -> torch.Tensor:

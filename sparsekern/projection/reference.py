@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from ..layout import blocked
+from ..block.layout import blocked
 
 
 def block_norms(weight: torch.Tensor, block_size) -> torch.Tensor:

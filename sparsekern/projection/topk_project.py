@@ -22,7 +22,7 @@ import torch
 
 from .._checks import check_floating
 from ..element.layout import ElementLayout
-from ..layout import block_grid, expand_block_mask, normalize_block_size
+from ..block.layout import block_grid, expand_block_mask, normalize_block_size
 from . import reference
 from .backends import REGISTRY
 

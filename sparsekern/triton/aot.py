@@ -21,6 +21,9 @@ import tempfile
 
 import torch
 
+from ..toolchain import parse_ptxas
+from .config import TRITON_DTYPES, interpreting
+
 ARCHS = (80, 90)  # sm_80 (A100: mma.sync), sm_90a (H100: wgmma)
 
 
@@ -59,12 +62,12 @@ KERNEL_NAMES = BLOCK_KERNELS + ELEMENT_KERNELS
 
 
 def _kernel_specs() -> dict[str, KernelSpec]:
+    from ..block.triton.bsmm_dw import _bsmm_dw_kernel
+    from ..block.triton.bsmm_fwd import _bsmm_fwd_kernel
+    from ..block.triton.config import bsmm_dw_config, bsmm_fwd_config
     from ..element.triton.config import esmm_dw_config, esmm_fwd_config
     from ..element.triton.esmm_dw import _esmm_dw_kernel
     from ..element.triton.esmm_fwd import _esmm_fwd_kernel
-    from .bsmm_dw import _bsmm_dw_kernel
-    from .bsmm_fwd import _bsmm_fwd_kernel
-    from .config import bsmm_dw_config, bsmm_fwd_config
 
     def fwd_constexprs(bk, bn, tf32, cfg):
         return dict(HAS_BIAS=True, ALLOW_TF32=tf32, BLOCK_M=cfg["BLOCK_M"], BLOCK_K=bk, BLOCK_N=bn)
@@ -125,7 +128,7 @@ def compile_for_gpu(fn, arch: int, constexprs: dict, pointer_type, *, unit_strid
     tensors; ``sizes_divisible`` marks the other ints multiples of 16 (the common case).
     Returns ``(compiled kernel, registers, spill bytes)``; ptxas -v gives the last two.
     """
-    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+    if interpreting():
         raise RuntimeError("ahead-of-time compilation needs a process without TRITON_INTERPRET=1")
     import triton
     from triton.backends.compiler import GPUTarget
@@ -155,8 +158,6 @@ def compile_for_gpu(fn, arch: int, constexprs: dict, pointer_type, *, unit_strid
 def compile_kernel(name: str, arch: int, dtype: torch.dtype, block_size=None, tf32: bool = False) -> AotReport:
     """Compile one matmul kernel instantiation for ``sm_<arch>`` and read its resource use
     (``block_size``: the block kernels' ``(block_out, block_in)``; None for the element kernels)."""
-    from .config import TRITON_DTYPES
-
     spec = _kernel_specs()[name]
     block = tuple(block_size) if block_size is not None else None
     cfg = spec.config(block, dtype)
@@ -190,8 +191,6 @@ def _ptxas_usage(ptx: str, arch: int) -> tuple[int, int]:
             f.write(ptx)
         out = subprocess.run([_ptxas(), f"-arch={sm}", "-v", path, "-o", os.path.join(tmp, "k.cubin")],
                              capture_output=True, text=True, check=True)
-    from ..cuda_static import parse_ptxas
-
     (entry,) = parse_ptxas(out.stdout + out.stderr)  # one kernel per PTX
     return entry["registers"], entry["spill_stores"] + entry["spill_loads"]
 

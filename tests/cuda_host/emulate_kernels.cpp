@@ -41,7 +41,7 @@ inline float to_f(__nv_bfloat16 v) { return __bfloat162float(v); }
 
 const float kNaN = std::numeric_limits<float>::quiet_NaN();
 
-// Active blocks of an [rows, cols] weight, with both indexes as sparsekern.layout builds them.
+// Active blocks of an [rows, cols] weight, with both indexes as sparsekern.block.layout builds them.
 struct Layout {
   int64_t rows, cols;
   int bo, bi;

@@ -1,5 +1,6 @@
 """Backends of the element format, registered fastest first (the automatic order), chosen and
-forced by the block format's rules, with the same names and the same ``SPARSEKERN_BACKEND``.
+forced by ``sparsekern.backend.Registry`` as the block format's are, with the same names and
+the same ``SPARSEKERN_BACKEND``; one file per backend.
 
 The contract every element backend implements (2-D operands, fp32 accumulation, outputs in
 the input dtype; ``ElementLayout`` holds the indices):
@@ -12,17 +13,14 @@ the input dtype; ``ElementLayout`` holds the indices):
     ``dW = grad_out.T @ x`` at the layout's entries only, exact zeros elsewhere.
 """
 
-from ...backends.base import ENV_VAR, Registry
+from ...backend import ENV_VAR, Registry
 from .cpu import ElementCpuBackend
 from .cuda import ElementCudaBackend
 from .reference import ElementReferenceBackend
 from .triton import ElementTritonBackend
 
-REGISTRY = Registry(ENV_VAR)
-REGISTRY.register(ElementCudaBackend())
-REGISTRY.register(ElementTritonBackend())
-REGISTRY.register(ElementCpuBackend())
-REGISTRY.register(ElementReferenceBackend())
+REGISTRY = Registry(ENV_VAR, (ElementCudaBackend(), ElementTritonBackend(), ElementCpuBackend(),
+                              ElementReferenceBackend()))
 
 select = REGISTRY.select
 get_backend = REGISTRY.get

@@ -1,7 +1,7 @@
 """Element backend "cpu": C++ kernels (csrc/cpu/esmm_*) from the compiled extension.
 
 Compiled once per instruction set (portable, AVX2 + FMA, AVX-512) and chosen at run time with
-the block kernels (``sparsekern.backends.cpu.set_cpu_isa``; on "amx" the element products run
+the block kernels (``sparsekern.set_cpu_isa``; on "amx" the element products run
 the AVX-512 kernels). fp32 and bf16 (computed in fp32, rounded once), all of torch's threads.
 """
 
@@ -9,7 +9,7 @@ import torch
 
 from ..._alloc import poisoned_output_or_none as _out
 from ..._extension import extension, unavailable_reason
-from ...backends.base import Backend
+from ...backend import Backend
 
 _KERNELS = ("esmm_forward_cpu", "esmm_grad_input_cpu", "esmm_grad_weight_cpu")
 

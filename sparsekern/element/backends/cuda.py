@@ -14,8 +14,7 @@ import torch
 
 from ..._alloc import poisoned_output_or_none as _out
 from ..._extension import extension, unavailable_reason
-from ...backends.base import Backend
-from ...backends.cuda import built_device_reason
+from ...backend import Backend, built_device_reason
 
 _KERNELS = ("esmm_forward_cuda", "esmm_grad_input_cuda", "esmm_grad_weight_cuda")
 

@@ -2,7 +2,7 @@
 
 import torch
 
-from ...backends.base import Backend
+from ...backend import Backend
 from .. import reference
 
 

@@ -1,12 +1,12 @@
 """Element backend "triton": the three products as Triton kernels (``sparsekern/element/triton/``).
 
-The block format's device rules (``sparsekern.backends.triton.TritonRules``): CUDA tensors, and
+The device rules of every "triton" backend (``sparsekern.backend.TritonRules``): CUDA tensors, and
 CPU tensors under the Triton interpreter (``TRITON_INTERPRET=1``, for testing); chosen
 automatically for CUDA tensors only. triton is imported when a product first runs, never at
 import. CUDA-core kernels: fp32 is IEEE fp32 (TF32 does not apply); fp16/bf16 accumulate in fp32.
 """
 
-from ...backends.triton import TritonRules
+from ...backend import TritonRules
 
 
 class ElementTritonBackend(TritonRules):

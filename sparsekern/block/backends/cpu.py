@@ -1,10 +1,10 @@
 """Backend "cpu": C++ kernels for CPU tensors, from the compiled extension.
 
-The kernels (csrc/cpu/) are compiled once per instruction set (portable, AVX2 + FMA,
-AVX-512, and AMX for bf16) and the best one the CPU reports is used; ``cpu_isa`` /
-``set_cpu_isa`` (or the environment variable ``SPARSEKERN_CPU_ISA``, read on first use)
-choose a lesser one. fp32 and bf16 inputs, fp32 accumulation; float64 is not supported (the
-reference backend runs it).
+The kernels (csrc/cpu/bsmm_*) are compiled once per instruction set (portable, AVX2 + FMA,
+AVX-512, and AMX for bf16) and the best one the CPU reports is used; ``sparsekern.cpu_isa`` /
+``sparsekern.set_cpu_isa`` (or the environment variable ``SPARSEKERN_CPU_ISA``, read on first
+use) choose a lesser one, for every format's CPU kernels (``sparsekern/_cpu_isa.py``). fp32 and
+bf16 inputs, fp32 accumulation; float64 is not supported (the reference backend runs it).
 
 On "amx", bf16 runs on the AMX tiles: the forward and input gradient when their shape fits
 them (``bf16_on_tiles``), the weight gradient always; fp32, and bf16 products that do not
@@ -13,16 +13,12 @@ fit, run the AVX-512 kernels.
 
 import torch
 
-from .._alloc import poisoned_output_or_none as _out
-from .._extension import extension, unavailable_reason
-from .base import Backend
+from ..._alloc import poisoned_output_or_none as _out
+from ..._cpu_isa import cpu_extension
+from ..._extension import extension, unavailable_reason
+from ...backend import Backend
 
 _KERNELS = ("bsmm_forward_cpu", "bsmm_grad_input_cpu", "bsmm_grad_weight_cpu")
-
-
-def cpu_isa() -> str:
-    """The instruction set the CPU kernels use now: 'portable', 'avx2', 'avx512' or 'amx'."""
-    return _module().cpu_isa()
 
 
 def bf16_on_tiles(n_in: int, block_size) -> bool:
@@ -31,22 +27,7 @@ def bf16_on_tiles(n_in: int, block_size) -> bool:
     (The input gradient is the product ``grad_out @ W``: ``n_in = out_features`` and the block
     transposed.)"""
     block_out, block_in = block_size
-    return _module().cpu_bf16_on_tiles(n_in, block_out, block_in)
-
-
-def set_cpu_isa(name: str) -> str:
-    """Use the kernels built for ``name`` ('portable', 'avx2', 'avx512', 'amx'); returns the previous one.
-
-    Raises ValueError for an unknown name or one this CPU does not support.
-    """
-    return _module().set_cpu_isa(name)
-
-
-def _module():
-    why = unavailable_reason(*_KERNELS)
-    if why:
-        raise RuntimeError(f"the cpu backend is unavailable: {why}")
-    return extension()
+    return cpu_extension().cpu_bf16_on_tiles(n_in, block_out, block_in)
 
 
 class CpuBackend(Backend):

@@ -1,4 +1,4 @@
-"""Triton kernels of the top-k projection (launchers: ``topk_triton.py``).
+"""Triton kernels of the top-k projection (launchers: ``topk_launch.py``).
 
 Every kernel runs on the same grid: one program per ``BLOCK_C`` columns of one row, so
 program ids run in row-major order and per-program tie counts, scanned, give each

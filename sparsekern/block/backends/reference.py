@@ -2,8 +2,8 @@
 
 import torch
 
+from ...backend import Backend
 from .. import reference
-from .base import Backend
 
 
 class ReferenceBackend(Backend):

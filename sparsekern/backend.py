@@ -1,27 +1,27 @@
-"""What a backend is, and how one is chosen.
+"""What a backend is, and how one is chosen: the one pattern of every registry.
 
-A backend computes the three products of a block-sparse linear layer. Each one
-declares the devices, dtypes and block sides it supports and says, for a given
-call, every reason it cannot run it. ``select`` walks the priority list: an
-automatic choice takes the first backend with no reasons; a forced one (argument
-or ``SPARSEKERN_BACKEND``) raises with its reasons.
+A backend computes the products of one format (``sparsekern/<format>/backends/``) or the
+top-k projection (``sparsekern/projection/backends/``). Each one declares the devices,
+dtypes and block sides it supports and says, for a given call, every reason it cannot run
+it. Each of those packages builds one ``Registry`` of its backends, fastest first;
+``Registry.select`` walks it: an automatic choice takes the first backend with no reasons; a
+forced one (argument or the registry's environment variable, ``SPARSEKERN_BACKEND`` for the
+matmul of every format) raises with its reasons. The contract of each registry's backends is
+in its package's ``__init__.py``.
 
-The contract every backend implements (2-D operands; any strides unless the
-backend makes them contiguous itself; fp32 accumulation; outputs in the input dtype):
-
-``forward(x[M, K], weight[N, K], bias[N] | None, row_ptr, col_idx, block_out, block_in) -> y[M, N]``
-    ``y = x @ W.T + bias`` over active blocks, walking the row-major index.
-``grad_input(grad_out[M, N], weight[N, K], col_ptr, row_idx, block_out, block_in) -> dx[M, K]``
-    ``dx = grad_out @ W`` over active blocks, walking the column-major index.
-``grad_weight(grad_out[M, N], x[M, K], block_row, col_idx, block_out, block_in) -> dW[N, K]``
-    ``dW = grad_out.T @ x`` on active blocks only, exact zeros elsewhere.
+Also here, the device rules that every format's "triton" backend (``TritonRules``) and
+"cuda" backend (``built_device_reason``) share.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 
 import torch
+
+from ._extension import extension
+from .triton.config import interpreting  # torch-only module: importing it does not import triton
 
 ENV_VAR = "SPARSEKERN_BACKEND"
 
@@ -86,13 +86,17 @@ class Backend:
 class Registry:
     """Backends of one operation, fastest first, and the rules for choosing among them.
 
-    The matmul has one (the module functions below); the top-k projection
-    (``sparsekern.projection``) has another, with its own override variable.
+    Each format's matmul has one (``sparsekern.block.backends.REGISTRY``,
+    ``sparsekern.element.backends.REGISTRY``); the top-k projection
+    (``sparsekern.projection.backends.REGISTRY``) has another, with its own override variable.
     """
 
-    def __init__(self, env_var: str):
+    def __init__(self, env_var: str, backends=()):
+        """``backends``: fastest first, the order an automatic choice tries them."""
         self.env_var = env_var
         self._backends: dict[str, Backend] = {}
+        for backend in backends:
+            self.register(backend)
 
     def register(self, backend: Backend) -> Backend:
         self._backends[backend.name] = backend
@@ -144,9 +148,56 @@ class Registry:
         raise BackendUnavailableError(f"no backend can run this call ({details})")
 
 
-_MATMUL = Registry(ENV_VAR)
-register = _MATMUL.register
-get_backend = _MATMUL.get
-backend_names = _MATMUL.names
-available_backends = _MATMUL.available
-select = _MATMUL.select
+
+class TritonRules(Backend):
+    """What every "triton" backend (block or element format, projection) can run, and when it is chosen.
+
+    Runs CUDA tensors, and CPU tensors under the Triton interpreter (``TRITON_INTERPRET=1``
+    set before triton is imported), which is how it is tested without a GPU. It is never
+    chosen automatically for CPU tensors: the interpreter is for checking, not for speed.
+    """
+
+    name = "triton"
+    devices = ("cuda",)
+    dtypes = (torch.float32, torch.float16, torch.bfloat16)
+
+    def unavailable_reason(self):
+        if importlib.util.find_spec("triton") is None:
+            return "the triton package is not installed"
+        return None
+
+    def device_reason(self, device):
+        if device.type == "cuda" or (device.type == "cpu" and interpreting()):
+            return None
+        return f"runs CUDA tensors (CPU tensors only under TRITON_INTERPRET=1), not {device.type}"
+
+    def automatic(self, device) -> bool:
+        return device.type == "cuda"
+
+
+def _runs_on(arch: str, major: int, minor: int) -> bool:
+    """A cubin for "8.0" runs on 8.x with x >= 0; an arch-specific one ("9.0a") on 9.0 only;
+    "8.0+PTX" also carries PTX, which the driver compiles for any later GPU."""
+    if arch.endswith("+PTX"):
+        built = tuple(int(v) for v in arch[: -len("+PTX")].rstrip("a").split("."))
+        return (major, minor) >= built
+    specific = arch.endswith("a")
+    built_major, built_minor = (int(v) for v in arch.rstrip("a").split("."))
+    if specific:
+        return (major, minor) == (built_major, built_minor)
+    return major == built_major and minor >= built_minor
+
+
+def built_device_reason(backend: Backend, device) -> str | None:
+    """``device_reason`` of a backend of the compiled CUDA kernels (block or element format,
+    projection): the device type, then, once the extension is there, whether it was built for this GPU."""
+    why = Backend.device_reason(backend, device)
+    if why or backend.unavailable_reason():
+        return why
+    # The default build holds cubins only (no PTX, unless TORCH_CUDA_ARCH_LIST asks for
+    # "+PTX"): a GPU none of the built archs runs on has no kernel image.
+    built = extension().cuda_archs.split("/")
+    major, minor = torch.cuda.get_device_capability(device)
+    if not any(_runs_on(arch, major, minor) for arch in built):
+        return f"built for sm {', '.join(built)}, not this GPU's {major}.{minor} (set TORCH_CUDA_ARCH_LIST and rebuild)"
+    return None

@@ -1,11 +1,11 @@
-"""Autograd wiring: ``SparseLinearFunction`` and the functional entry point ``block_sparse_linear``."""
+"""Autograd wiring of the block format: ``SparseLinearFunction`` and the functional entry point ``block_sparse_linear``."""
 
 from __future__ import annotations
 
 import torch
 
 from . import ops
-from ._checks import check_linear_args
+from .._checks import check_linear_args
 from .backends import select
 from .layout import BlockLayout
 
@@ -87,7 +87,7 @@ def block_sparse_linear(x: torch.Tensor, weight: torch.Tensor, layout: BlockLayo
     (see ``sparsekern.available_backends``); ``None`` picks the fastest that can run.
     """
     x, weight, bias = _autocast(x, weight, bias)
-    check_linear_args(x, weight, layout, bias)
+    check_linear_args(x, weight, layout, bias, layout_type=BlockLayout)
     chosen = _choose_backend(backend, weight.device, weight.dtype, layout.block_size)
     bo, bi = layout.block_size
     x2d = x.reshape(-1, x.shape[-1])

@@ -11,10 +11,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ._checks import check_linear_args
-from .element.layout import ElementLayout
-from .function import _autocast, linear_backward
-from .layout import BlockLayout
+from .._checks import check_linear_args
+from ..block.function import _autocast, linear_backward
+from ..block.layout import BlockLayout
+from ..element.layout import ElementLayout
+from .layout import MaskLayout
 
 
 class MaskedLinearFunction(torch.autograd.Function):
@@ -44,10 +45,11 @@ class MaskedLinearFunction(torch.autograd.Function):
 def masked_dense_linear(x: torch.Tensor, weight: torch.Tensor, layout, bias: torch.Tensor | None = None, *,
                         mask: torch.Tensor | None = None, dense_weight_grad: bool = False) -> torch.Tensor:
     """``x @ (weight * layout.to_mask()).T + bias`` by dense ``F.linear``; ``layout`` a
-    ``BlockLayout`` or an ``ElementLayout``. ``mask``: ``layout.to_mask()`` if the caller
-    keeps it (``SparseLinear`` does, so a step does not rebuild it)."""
+    ``BlockLayout``, an ``ElementLayout`` or a ``MaskLayout``. ``mask``: ``layout.to_mask()``
+    if the caller keeps it (``SparseLinear`` does, so a step does not rebuild it)."""
     x, weight, bias = _autocast(x, weight, bias)
-    layout_type = ElementLayout if isinstance(layout, ElementLayout) else BlockLayout
+    kinds = (ElementLayout, MaskLayout, BlockLayout)
+    layout_type = next((kind for kind in kinds if isinstance(layout, kind)), BlockLayout)
     check_linear_args(x, weight, layout, bias, layout_type=layout_type)
     if mask is None:
         mask = layout.to_mask()

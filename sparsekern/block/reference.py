@@ -4,7 +4,7 @@ It is the CPU fallback of last resort and the oracle of every test. It masks the
 dense weight with ``torch.where`` (not a multiply), so entries outside the active
 blocks count as zero whatever they hold, NaN and Inf included.
 
-The functions follow the backend contract of ``sparsekern/backends/base.py``: 2-D
+The functions follow the backend contract of ``sparsekern/block/backends/__init__.py``: 2-D
 operands plus the index tensors each product walks.
 """
 

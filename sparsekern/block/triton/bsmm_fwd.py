@@ -11,8 +11,9 @@ import torch
 import triton
 import triton.language as tl
 
-from .._alloc import new_output
-from .config import bsmm_fwd_config, use_tf32
+from ..._alloc import new_output
+from ...triton.config import use_tf32
+from .config import bsmm_fwd_config
 
 
 @triton.jit

@@ -1,9 +1,10 @@
 """Ahead-of-time compilation of the top-k projection kernels for sm_80 and sm_90, without a GPU.
 
-The same method as ``sparsekern.triton.aot`` (whose ptxas helper it reuses): every kernel,
+The same method as ``aot.py`` beside it (whose compile helper it reuses): every kernel,
 for each dtype, with and without a floor mask, compiled with ``triton.compile`` for a
 ``GPUTarget``; ``ptxas -v`` gives registers and spills. Cannot run under
-``TRITON_INTERPRET=1``: ``report_in_subprocess`` runs ``python -m sparsekern.projection.topk_aot``.
+``TRITON_INTERPRET=1``: ``report_in_subprocess`` runs ``python -m sparsekern.triton.topk_aot``.
+The kernels and their launchers: ``sparsekern/projection/triton/``.
 """
 
 from __future__ import annotations
@@ -13,16 +14,17 @@ import sys
 
 import torch
 
-from ..triton.aot import ARCHS, compile_for_gpu
-from ..triton.aot import report_in_subprocess as _report_in_subprocess
-from ..triton.config import TRITON_DTYPES
+from .aot import ARCHS, compile_for_gpu
+from .aot import report_in_subprocess as _report_in_subprocess
+from .config import TRITON_DTYPES
 
 _POINTERS = {"hist_ptr": "*i32", "ties_ptr": "*i32", "counts_ptr": "*i32", "state_ptr": "*i64",
              "ties_before_ptr": "*i64", "nnz_ptr": "*i64", "forced_ptr": "*i1"}
 
 
 def _kernels():
-    from .topk_kernels import _topk_apply_kernel, _topk_hist_kernel, _topk_pick_kernel, _topk_ties_kernel
+    from ..projection.triton.topk_kernels import (_topk_apply_kernel, _topk_hist_kernel, _topk_pick_kernel,
+                                                  _topk_ties_kernel)
 
     return {
         "topk_hist": (_topk_hist_kernel, dict(SHIFT=8, FIRST=False)),
@@ -33,7 +35,8 @@ def _kernels():
 
 
 def compile_kernel(name: str, arch: int, dtype: torch.dtype, has_forced: bool) -> dict:
-    from .topk_triton import _KEY_BITS, MAX_BLOCK_C  # the launcher's constants, so the check matches it
+    # The launcher's constants, so that the check matches it.
+    from ..projection.triton.topk_launch import _KEY_BITS, MAX_BLOCK_C
 
     fn, extra = _kernels()[name]
     constexprs = dict(extra)
@@ -56,7 +59,7 @@ def default_cases():
 
 
 def report_in_subprocess(timeout: float = 900) -> list[dict]:
-    return _report_in_subprocess(timeout, module="sparsekern.projection.topk_aot")
+    return _report_in_subprocess(timeout, module="sparsekern.triton.topk_aot")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import triton
 
-from .backends import FORCED_KEY
+from ..keys import FORCED_KEY
 from .topk_kernels import _topk_apply_kernel, _topk_hist_kernel, _topk_pick_kernel, _topk_ties_kernel
 
 _KEY_BITS = {torch.float32: 32, torch.float16: 16, torch.bfloat16: 16}

@@ -10,7 +10,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .config import bsmm_dw_config, use_tf32
+from ...triton.config import use_tf32
+from .config import bsmm_dw_config
 
 
 @triton.jit
