@@ -345,7 +345,8 @@ def test_an_interrupted_sweep_saves_the_cases_it_finished(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     proc = subprocess.Popen([sys.executable, "-m", "sparsekern.bench", "--device", "cpu", "--shapes", "64x256x256",
                              "--densities", ",".join(str(d / 100) for d in range(5, 100, 5)), "--block-sizes", "16,32",
-                             "--repeats", "20", "--no-progress", "--no-plot", "--out", "res"],
+                             # Long enough (about a minute) that 8 s cannot see it through, on any machine.
+                             "--repeats", "150", "--no-progress", "--no-plot", "--out", "res"],
                             cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     time.sleep(8)
     proc.send_signal(signal.SIGINT)
