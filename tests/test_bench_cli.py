@@ -19,7 +19,7 @@ import torch
 
 import sparsekern
 from sparsekern.block.backends import get_backend
-from sparsekern.bench import cli, projection, report, static
+from sparsekern.bench import cli, gpu_check, projection, report, static
 from sparsekern.bench.cases import Case, Shape, Sweep, useful_flops
 from sparsekern.bench.runner import run_linear_case, run_projection_case
 from sparsekern.bench.timing import time_interleaved
@@ -347,7 +347,8 @@ def test_an_interrupted_sweep_saves_the_cases_it_finished(tmp_path):
                              "--densities", ",".join(str(d / 100) for d in range(5, 100, 5)), "--block-sizes", "16,32",
                              # Long enough (about a minute) that 8 s cannot see it through, on any machine.
                              "--repeats", "150", "--no-progress", "--no-plot", "--out", "res"],
-                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=gpu_check.default_sigint)  # a CI shell may start us with SIGINT ignored
     time.sleep(8)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)

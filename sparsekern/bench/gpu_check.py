@@ -150,6 +150,11 @@ class Run:
         write_report(self.report, self.out_dir)
 
 
+def default_sigint() -> None:
+    """In a child before exec: SIGINT back to its default (Python then raises KeyboardInterrupt)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def run_limited(command: list[str], limit_s: float, log_path: str, env: dict, cwd: str) -> dict:
     """Run ``command`` for at most ``limit_s`` seconds, its output into ``log_path``.
 
@@ -160,8 +165,10 @@ def run_limited(command: list[str], limit_s: float, log_path: str, env: dict, cw
     """
     t0 = time.monotonic()
     with open(log_path, "wb") as log:
+        # The child gets SIGINT's default back: started from a background job, it would inherit
+        # SIG_IGN, and the interrupt that lets pytest write its report would do nothing.
         proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env=env, cwd=cwd, start_new_session=True)
+                                env=env, cwd=cwd, start_new_session=True, preexec_fn=default_sigint)
         try:
             rc = proc.wait(timeout=limit_s)
             status = "passed" if rc == 0 else "failed"
