@@ -20,7 +20,7 @@ import os
 
 import torch
 
-from ._extension import extension
+from ._extension import extension, unavailable_reason
 from .triton.config import interpreting  # torch-only module: importing it does not import triton
 
 ENV_VAR = "SPARSEKERN_BACKEND"
@@ -201,3 +201,20 @@ def built_device_reason(backend: Backend, device) -> str | None:
     if not any(_runs_on(arch, major, minor) for arch in built):
         return f"built for sm {', '.join(built)}, not this GPU's {major}.{minor} (set TORCH_CUDA_ARCH_LIST and rebuild)"
     return None
+
+
+class CompiledCudaBackend(Backend):
+    """What every backend of the compiled CUDA kernels shares (block and element formats):
+    its name, devices and dtypes, and why it cannot run (``kernels`` missing from the build, a
+    GPU the build has no image for). Subclasses name their ``kernels`` and add the products."""
+
+    name = "cuda"
+    devices = ("cuda",)
+    dtypes = (torch.float32, torch.float16, torch.bfloat16)
+    kernels: tuple[str, ...] = ()
+
+    def unavailable_reason(self):
+        return unavailable_reason(*self.kernels)
+
+    def device_reason(self, device):
+        return built_device_reason(self, device)

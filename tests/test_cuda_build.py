@@ -153,9 +153,9 @@ def test_cuda_entry_points_reject_cpu_tensors_before_any_cuda_call():
 def test_cuda_tensor_without_cuda_kernels_names_the_backends_that_can(monkeypatch):
     # A build without CUDA kernels: forcing "cuda" raises with the reason and the
     # alternatives; an automatic choice falls back to triton.
-    import sparsekern.block.backends.cuda as cuda_backend
+    import sparsekern.backend as backend_module  # where the CUDA backends ask the build
 
-    monkeypatch.setattr(cuda_backend, "unavailable_reason",
+    monkeypatch.setattr(backend_module, "unavailable_reason",
                         lambda *names: "the compiled extension lacks " + ", ".join(names))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a GPU machine, as far as selection asks
     device = torch.device("cuda")

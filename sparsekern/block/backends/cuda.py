@@ -7,26 +7,14 @@ torch has CUDA and nvcc is found (see setup.py); otherwise ``reasons()`` says so
 automatic choice falls back to "triton".
 """
 
-import torch
 
 from ..._alloc import poisoned_output_or_none as _out
-from ..._extension import extension, unavailable_reason
-from ...backend import Backend, built_device_reason
+from ..._extension import extension
+from ...backend import CompiledCudaBackend
 from ...triton.config import use_tf32  # torch-only module: importing it does not import triton
 
-_KERNELS = ("bsmm_forward_cuda", "bsmm_grad_input_cuda", "bsmm_grad_weight_cuda")
-
-
-class CudaBackend(Backend):
-    name = "cuda"
-    devices = ("cuda",)
-    dtypes = (torch.float32, torch.float16, torch.bfloat16)
-
-    def unavailable_reason(self):
-        return unavailable_reason(*_KERNELS)
-
-    def device_reason(self, device):
-        return built_device_reason(self, device)
+class CudaBackend(CompiledCudaBackend):
+    kernels = ("bsmm_forward_cuda", "bsmm_grad_input_cuda", "bsmm_grad_weight_cuda")
 
     def forward(self, x, weight, bias, row_ptr, col_idx, block_out, block_in):
         return extension().bsmm_forward_cuda(

@@ -10,25 +10,13 @@ Built only when torch has CUDA and nvcc is found (see setup.py), for the archs o
 kernels; never run on a GPU yet, and untuned.
 """
 
-import torch
 
 from ..._alloc import poisoned_output_or_none as _out
-from ..._extension import extension, unavailable_reason
-from ...backend import Backend, built_device_reason
+from ..._extension import extension
+from ...backend import CompiledCudaBackend
 
-_KERNELS = ("esmm_forward_cuda", "esmm_grad_input_cuda", "esmm_grad_weight_cuda")
-
-
-class ElementCudaBackend(Backend):
-    name = "cuda"
-    devices = ("cuda",)
-    dtypes = (torch.float32, torch.float16, torch.bfloat16)
-
-    def unavailable_reason(self):
-        return unavailable_reason(*_KERNELS)
-
-    def device_reason(self, device):
-        return built_device_reason(self, device)
+class ElementCudaBackend(CompiledCudaBackend):
+    kernels = ("esmm_forward_cuda", "esmm_grad_input_cuda", "esmm_grad_weight_cuda")
 
     def forward(self, x, weight, bias, row_ptr, col_idx):
         out = _out((x.shape[0], weight.shape[0]), x)
