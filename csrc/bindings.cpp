@@ -21,8 +21,10 @@
 #include <tuple>
 
 #include "common/block_index.h"
+#include "cpu/abs_topk.h"
 #include "cpu/bsmm_cpu.h"
 #include "cpu/esmm_cpu.h"
+#include "cpu/esmm_sparse_operand.h"
 #include "cpu/topk.h"
 
 #ifdef SPARSEKERN_WITH_CUDA  // CUDA headers exist only in a CUDA build of torch
@@ -32,6 +34,7 @@
 #include <c10/cuda/CUDAStream.h>
 #include <cuda_runtime_api.h>
 
+#include "cuda/abs_topk_cuda.h"
 #include "cuda/bsmm_cuda.h"
 #include "cuda/esmm_cuda.h"
 #include "cuda/topk_cuda.h"
@@ -371,7 +374,55 @@ Tensor esmm_grad_weight_cpu(const Tensor& grad_out, const Tensor& x, const Tenso
   return finish(dw32, x, out);
 }
 
+// A dense fp32 CPU matrix the activation-sparse weight gradient reads: rows contiguous.
+void check_dense_operand(const Tensor& t, const char* name) {
+  TORCH_CHECK_VALUE(t.dim() == 2, name, " must be 2-D, got ", t.dim(), " dimensions");
+  TORCH_CHECK_TYPE(t.is_cpu() && t.scalar_type() == at::kFloat, name, " must be a float32 CPU tensor, got ",
+                   t.scalar_type(), " on ", t.device());
+  TORCH_CHECK_VALUE(t.size(1) <= 1 || t.stride(1) == 1, name, " must have contiguous rows (stride(1) == 1)");
+  TORCH_CHECK_VALUE(t.size(0) < (int64_t{1} << 31), name, " has too many rows for int32 row indices");
+}
+
+std::tuple<int64_t, bool> operand_stats_cpu(const Tensor& t) {
+  check_dense_operand(t, "t");
+  const cpu::OperandStats s =
+      cpu::operand_stats(t.data_ptr<float>(), t.size(0), t.size(1), leading_dim(t), torch_parallel_for);
+  return {s.nnz, s.finite};
+}
+
+Tensor esmm_sparse_operand_grad_weight_cpu(const Tensor& grad_out, const Tensor& x, bool sparse_input,
+                                           const std::optional<Tensor>& out) {
+  check_dense_operand(grad_out, "grad_out");
+  check_dense_operand(x, "x");
+  TORCH_CHECK_VALUE(grad_out.size(0) == x.size(0), "grad_out and x must have the same rows, got ", grad_out.size(0),
+                    " and ", x.size(0));
+  const int64_t m = x.size(0), n = grad_out.size(1), k = x.size(1);
+  Tensor dw = output(out, {n, k}, x);
+  const Tensor& sparse = sparse_input ? x : grad_out;
+  const int64_t cols = sparse.size(1);
+  const int64_t nnz = cpu::operand_stats(sparse.data_ptr<float>(), m, cols, leading_dim(sparse), torch_parallel_for).nnz;
+  Tensor col_ptr = at::empty({cols + 1}, x.options().dtype(at::kLong));
+  Tensor row_idx = at::empty({nnz}, x.options().dtype(at::kInt));
+  Tensor vals = at::empty({nnz}, x.options());
+  Tensor counts = at::empty({cpu::list_chunks(m) * cols}, x.options().dtype(at::kLong));
+  cpu::list_columns(sparse.data_ptr<float>(), m, cols, leading_dim(sparse), counts.data_ptr<int64_t>(),
+                    col_ptr.data_ptr<int64_t>(), row_idx.data_ptr<int32_t>(), vals.data_ptr<float>(), torch_parallel_for);
+  cpu::SparseOperandGradWeight p{grad_out.data_ptr<float>(), leading_dim(grad_out), x.data_ptr<float>(),
+                                 leading_dim(x), m, n, k, sparse_input, col_ptr.data_ptr<int64_t>(),
+                                 row_idx.data_ptr<int32_t>(), vals.data_ptr<float>(), nnz, dw.data_ptr<float>(),
+                                 at::in_parallel_region() ? 1 : at::get_num_threads()};
+  TORCH_CHECK(cpu::esmm_sparse_operand_grad_weight(p, torch_parallel_for),
+              "sparsekern cpu: out of memory for scratch buffers");
+  return dw;
+}
+
 void register_cpu_element(pybind11::module_& m) {
+  m.def("operand_stats_cpu", &operand_stats_cpu, "(nonzeros, all finite) of a 2-D float32 CPU tensor",
+        pybind11::arg("t"));
+  m.def("esmm_sparse_operand_grad_weight_cpu", &esmm_sparse_operand_grad_weight_cpu,
+        "dW = grad_out.T @ x walking the nonzeros of x (sparse_input) or of grad_out (CPU)",
+        pybind11::arg("grad_out"), pybind11::arg("x"), pybind11::arg("sparse_input"),
+        pybind11::arg("out") = pybind11::none());
   m.def("esmm_forward_cpu", &esmm_forward_cpu, "y = x @ W.T + bias over W's listed nonzeros (CPU)",
         pybind11::arg("x"), pybind11::arg("weight"), pybind11::arg("bias"), pybind11::arg("row_ptr"),
         pybind11::arg("col_idx"), pybind11::arg("out") = pybind11::none());
@@ -381,6 +432,50 @@ void register_cpu_element(pybind11::module_& m) {
   m.def("esmm_grad_weight_cpu", &esmm_grad_weight_cpu,
         "dW = grad_out.T @ x at W's listed nonzeros, zeros elsewhere (CPU)", pybind11::arg("grad_out"),
         pybind11::arg("x"), pybind11::arg("row_ptr"), pybind11::arg("col_idx"), pybind11::arg("out") = pybind11::none());
+}
+
+// AbsTopK activation (csrc/cpu/abs_topk.h): in every row of x, the k entries of largest
+// magnitude (NaN largest, ties to the lowest index) as (values, kept mask), both x-shaped;
+// sparsekern/activation/backends/cpu.py calls it. values_out / kept_out: outputs the caller
+// supplies (the tests' poisoned ones).
+void register_cpu_activation(pybind11::module_& m) {
+  m.def(
+      "abs_topk_cpu",
+      [](const Tensor& x, int64_t k, const std::optional<Tensor>& values_out,
+         const std::optional<Tensor>& kept_out) {
+        TORCH_CHECK_VALUE(x.layout() == at::kStrided && x.device().is_cpu(), "x must be a dense CPU tensor, got ",
+                          x.layout(), " on ", x.device());
+        cpu::AbsTopkDtype dtype = cpu::kAbsTopkF32;
+        switch (x.scalar_type()) {
+          case at::kFloat: dtype = cpu::kAbsTopkF32; break;
+          case at::kDouble: dtype = cpu::kAbsTopkF64; break;
+          case at::kHalf: dtype = cpu::kAbsTopkF16; break;
+          case at::kBFloat16: dtype = cpu::kAbsTopkBF16; break;
+          default:
+            TORCH_CHECK_TYPE(false, "x must be float32, float64, float16 or bfloat16, got ", x.scalar_type());
+        }
+        TORCH_CHECK_VALUE(x.dim() == 2, "x must be 2-D [rows, n], got ", x.dim(), "-D");
+        TORCH_CHECK_VALUE(x.is_contiguous(), "x must be contiguous");
+        const int64_t rows = x.size(0), n = x.size(1);
+        TORCH_CHECK_VALUE(n <= INT32_MAX, "x's rows must be shorter than 2^31, got ", n);
+        TORCH_CHECK_VALUE(k >= 0 && k <= n, "k must be in [0, ", n, "], got ", k);
+        Tensor values = output(values_out, x.sizes(), x);
+        Tensor kept = output(kept_out, x.sizes(), at::empty({0}, x.options().dtype(at::kBool)));
+        const auto overlaps_x = [&](const Tensor& t) {
+          const auto a = reinterpret_cast<uintptr_t>(x.data_ptr()), b = reinterpret_cast<uintptr_t>(t.data_ptr());
+          return x.numel() > 0 && t.numel() > 0 && a < b + t.nbytes() && b < a + x.nbytes();
+        };
+        TORCH_CHECK_VALUE(!overlaps_x(values) && !overlaps_x(kept), "values_out and kept_out must not overlap x");
+        const cpu::AbsTopkStatus status =
+            cpu::abs_topk(x.data_ptr(), dtype, rows, n, k, values.data_ptr(),
+                          reinterpret_cast<uint8_t*>(kept.data_ptr<bool>()), torch_parallel_for);
+        TORCH_CHECK(status != cpu::kAbsTopkOutOfMemory, "sparsekern cpu: out of memory for scratch buffers");
+        TORCH_CHECK(status == cpu::kAbsTopkOk, "abs_topk_cpu: invalid arguments");
+        return std::make_tuple(values, kept);
+      },
+      "(values, kept): the k largest-magnitude entries of every row of a 2-D CPU tensor, zeros elsewhere",
+      pybind11::arg("x"), pybind11::arg("k"), pybind11::arg("values_out") = pybind11::none(),
+      pybind11::arg("kept_out") = pybind11::none());
 }
 
 cpu::Isa parse_isa(const std::string& name) {
@@ -912,6 +1007,42 @@ void register_projection_cuda(pybind11::module_& m) {
         pybind11::arg("block_out"), pybind11::arg("block_in"));
 }
 
+// ------------------------------------------------------ AbsTopK activation (CUDA)
+// csrc/cuda/abs_topk_cuda.h: one CTA a row, a radix select and a write pass;
+// sparsekern/activation/backends/cuda.py calls it. values_out / kept_out: outputs the caller
+// supplies (the tests' poisoned ones). Everything is checked here, before any CUDA call.
+void register_cuda_activation(pybind11::module_& m) {
+  m.def(
+      "abs_topk_cuda",
+      [](const Tensor& x, int64_t k, const std::optional<Tensor>& values_out,
+         const std::optional<Tensor>& kept_out) {
+        TORCH_CHECK(x.is_cuda(), "x must be a CUDA tensor for the cuda backend, got ", x.device());
+        TORCH_CHECK_VALUE(x.layout() == at::kStrided, "x must be a dense (strided) tensor, got ", x.layout());
+        const sk_cuda::DType dtype = cuda_dtype(x, "x");
+        TORCH_CHECK_VALUE(x.dim() == 2, "x must be 2-D [rows, n], got ", x.dim(), "-D");
+        TORCH_CHECK_VALUE(x.is_contiguous(), "x must be contiguous");
+        const int64_t rows = x.size(0), n = x.size(1);
+        TORCH_CHECK_VALUE(n <= INT32_MAX, "x's rows must be shorter than 2^31, got ", n);
+        TORCH_CHECK_VALUE(rows <= INT32_MAX, "x must have fewer than 2^31 rows (one CTA a row), got ", rows);
+        TORCH_CHECK_VALUE(k >= 0 && k <= n, "k must be in [0, ", n, "], got ", k);
+        const c10::cuda::CUDAGuard guard(x.device());
+        Tensor values = output(values_out, x.sizes(), x);
+        Tensor kept = output(kept_out, x.sizes(), at::empty({0}, x.options().dtype(at::kBool)));
+        TORCH_CHECK_VALUE(at::get_overlap_status(x, values) == at::MemOverlapStatus::No &&
+                              at::get_overlap_status(x, kept) == at::MemOverlapStatus::No &&
+                              at::get_overlap_status(values, kept) == at::MemOverlapStatus::No,
+                          "values_out and kept_out must not overlap x or each other");
+        const sk_cuda::AbsTopkArgs args{x.data_ptr(), values.data_ptr(),
+                                        reinterpret_cast<uint8_t*>(kept.data_ptr<bool>()), rows, n, k, dtype};
+        check_launch(sk_cuda::abs_topk(args, c10::cuda::getCurrentCUDAStream(x.device().index()).stream()),
+                     "abs_topk_cuda");
+        return std::make_tuple(values, kept);
+      },
+      "(values, kept): the k largest-magnitude entries of every row of a 2-D CUDA tensor, zeros elsewhere",
+      pybind11::arg("x"), pybind11::arg("k"), pybind11::arg("values_out") = pybind11::none(),
+      pybind11::arg("kept_out") = pybind11::none());
+}
+
 #endif  // SPARSEKERN_WITH_CUDA
 
 }  // namespace
@@ -923,11 +1054,13 @@ PYBIND11_MODULE(_C, m) {
   std::string built_with = "torch " SK_TORCH_VERSION ", CPU kernels (portable/AVX2/AVX-512, chosen at run time)";
   register_cpu(m);
   register_cpu_element(m);
+  register_cpu_activation(m);
   register_projection_cpu(m);
 #ifdef SPARSEKERN_WITH_CUDA
   register_cuda(m);
   register_cuda_element(m);
   register_projection_cuda(m);
+  register_cuda_activation(m);
   built_with += ", CUDA kernels (CUDA runtime " + std::to_string(CUDART_VERSION) + ", archs " +
                 SK_STRINGIFY(SPARSEKERN_CUDA_ARCHS) + ")";
   // The archs compiled for (e.g. "8.0/9.0a"): the cuda backend declines other GPUs, so an

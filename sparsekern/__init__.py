@@ -10,6 +10,7 @@ cpu, triton, cuda), all chosen by the one ``backend.Registry``. README.md, "Repo
 """
 
 from ._cpu_isa import cpu_isa, set_cpu_isa
+from .activation import AbsTopK, abs_topk
 from .backend import BackendUnavailableError
 from .block import BlockLayout, SparseLinearFunction, block_sparse_linear, count_for_density
 from .block.backends import available_backends, backend_names
@@ -17,12 +18,14 @@ from .element import ElementLayout, ElementSparseLinearFunction, element_sparse_
 from .linear import sparse_linear
 from .module import SparseLinear, block_norms
 from .projection import ProjectionResult, projection_backends, topk_project_
+from .recipe import SharkfinLR, clip_grad_rms_, linear_warmup_decay
 from .schedule import DensitySchedule
 from .sparsify import Projector, sparsify
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AbsTopK",
     "BackendUnavailableError",
     "BlockLayout",
     "DensitySchedule",
@@ -32,13 +35,17 @@ __all__ = [
     "Projector",
     "SparseLinear",
     "SparseLinearFunction",
+    "SharkfinLR",
+    "abs_topk",
     "available_backends",
     "backend_names",
     "block_norms",
     "block_sparse_linear",
+    "clip_grad_rms_",
     "count_for_density",
     "cpu_isa",
     "element_sparse_linear",
+    "linear_warmup_decay",
     "projection_backends",
     "set_cpu_isa",
     "sparse_linear",

@@ -19,11 +19,17 @@ def test_every_kernel_compiles_for_both_archs(reports):
     seen = {(r["kernel"], r["arch"]) for r in reports}
     kernels = {r["kernel"] for r in reports}
     assert kernels == {"bsmm_fwd/forward", "bsmm_fwd/grad_input", "bsmm_dw/grad_weight",
-                       "esmm_fwd/forward", "esmm_fwd/grad_input", "esmm_dw/grad_weight"}
+                       "esmm_fwd/forward", "esmm_fwd/grad_input", "esmm_dw/grad_weight",
+                       "abs_topk/one_chunk", "abs_topk/loop"}
     # The element kernels have no block size, and run fp32 as IEEE only (CUDA cores).
     element = [r for r in reports if r["kernel"].startswith("esmm")]
     assert {r["block_size"] is None and not r["tf32"] for r in element} == {True}
     assert {(r["arch"], r["dtype"]) for r in element} == {(a, d) for a in (80, 90) for d in ("fp16", "bf16", "fp32")}
+    # So have the AbsTopK kernels (radix selects on CUDA cores), in each dtype.
+    activation = [r for r in reports if r["kernel"].startswith("abs_topk")]
+    assert {r["block_size"] is None and not r["tf32"] and r["tensor_core"] == "none" for r in activation} == {True}
+    assert {(r["kernel"], r["arch"], r["dtype"]) for r in activation} == {
+        (k, a, d) for k in ("abs_topk/one_chunk", "abs_topk/loop") for a in (80, 90) for d in ("fp16", "bf16", "fp32")}
     assert seen == {(k, a) for k in kernels for a in (80, 90)}
 
 

@@ -53,7 +53,39 @@ inline void transpose_rows(const float* a, int64_t lda, int64_t rows, int64_t c0
   }
 }
 
-// Columns c0 + [begin, end) of a tile of the dense operand, transposed into shared scratch.
+// The same tile from an operand given transposed (at[c * lda + r], at pointing at the tile's
+// first row): a copy of `rows` floats per column.
+inline void copy_rows(const float* at, int64_t lda, int64_t rows, int64_t c0, int64_t cols, float* t, int64_t mt) {
+  for (int64_t c = 0; c < cols; ++c) {
+    const float* src = at + (c0 + c) * lda;
+    float* dst = t + c * mt;
+    for (int64_t r = 0; r < rows; ++r) dst[r] = src[r];
+    for (int64_t r = rows; r < mt; ++r) dst[r] = 0.f;
+  }
+}
+
+// Columns c0 + [0, cols) of the tile of rows m0 + [0, rows) of p's dense operand, as rows of t.
+inline void load_tile(const ElementDenseSparse& p, int64_t m0, int64_t rows, int64_t c0, int64_t cols, float* t,
+                      int64_t mt) {
+  if (p.a_transposed)
+    copy_rows(p.a + m0, p.lda, rows, c0, cols, t, mt);
+  else
+    transpose_rows(p.a + m0 * p.lda, p.lda, rows, c0, cols, t, mt);
+}
+
+// Columns c0 + [begin, end) of a tile of the dense operand, into shared scratch.
+struct TileTask {
+  const ElementDenseSparse* p;
+  int64_t m0, rows, c0, mt;
+  float* t;
+};
+
+void tile_task(void* ctx, int64_t begin, int64_t end) {
+  const auto& c = *static_cast<const TileTask*>(ctx);
+  load_tile(*c.p, c.m0, c.rows, c.c0 + begin, end - begin, c.t + begin * c.mt, c.mt);
+}
+
+// Columns [begin, end) of one tile of x (the sampled product's operand), transposed.
 struct TransposeTask {
   const float* a;
   int64_t lda, rows, c0, mt;
@@ -87,24 +119,47 @@ void tile_chunk(const ElementDenseSparse& p, const ElementPlan& plan, const floa
     const int64_t outs = lesser(VL, n_end - n0);
     for (int64_t i = 0; i < outs; ++i) {
       const int64_t n = n0 + i;
-      Vec acc[NV];
+      // S sets of NV accumulators take turns by nonzero, so that at least 8 independent FMA
+      // chains are in flight (an FMA's latency times the FMAs a core starts per cycle): with
+      // one set, NV = 2 waited on its own results and ran at a fifth of the FMA rate.
+      constexpr int S = NV >= 8 ? 1 : 8 / NV;
+      Vec acc[S][NV];
       if (first) {
         const float bias = p.bias ? p.bias[n] : 0.f;
-        for (int v = 0; v < NV; ++v) acc[v] = vbroadcast(&bias);
+        for (int v = 0; v < NV; ++v) acc[0][v] = vbroadcast(&bias);
       } else {
-        for (int v = 0; v < NV; ++v) acc[v] = vload(yt + n * MT + v * VL);
+        for (int v = 0; v < NV; ++v) acc[0][v] = vload(yt + n * MT + v * VL);
       }
+      for (int s = 1; s < S; ++s)
+        for (int v = 0; v < NV; ++v) acc[s][v] = vzero();
       const int64_t j0 = plan.split ? plan.split[n * stride + q] : p.ptr[n];
       const int64_t j1 = plan.split ? plan.split[n * stride + q + 1] : p.ptr[n + 1];
-      for (int64_t j = j0; j < j1; ++j) {
+      int64_t j = j0;
+      for (; j + S <= j1; j += S) {
+        for (int s = 0; s < S; ++s) {
+          const Vec w = vbroadcast(vals + j + s);
+          const float* row = at + (static_cast<int64_t>(p.idx[j + s]) - c0) * MT;
+          for (int v = 0; v < NV; ++v) acc[s][v] = vfma(w, vload(row + v * VL), acc[s][v]);
+        }
+      }
+      for (; j < j1; ++j) {
         const Vec w = vbroadcast(vals + j);
         const float* row = at + (static_cast<int64_t>(p.idx[j]) - c0) * MT;
-        for (int v = 0; v < NV; ++v) acc[v] = vfma(w, vload(row + v * VL), acc[v]);
+        for (int v = 0; v < NV; ++v) acc[0][v] = vfma(w, vload(row + v * VL), acc[0][v]);
       }
+      for (int s = 1; s < S; ++s)
+        for (int v = 0; v < NV; ++v) acc[0][v] = vadd(acc[0][v], acc[s][v]);
       float* keep = last ? buf + i * MT : yt + n * MT;
-      for (int v = 0; v < NV; ++v) vstore(keep + v * VL, acc[v]);
+      for (int v = 0; v < NV; ++v) vstore(keep + v * VL, acc[0][v]);
     }
     if (!last) continue;
+    if (p.y_transposed) {
+      for (int64_t i = 0; i < outs; ++i) {
+        float* y = p.y + (n0 + i) * p.ldy + m0;
+        for (int64_t r = 0; r < rows; ++r) y[r] = buf[i * MT + r];
+      }
+      continue;
+    }
     float* y = p.y + m0 * p.ldy + n0;
     if (outs == VL && rows == MT) {
       for (int v = 0; v < NV; ++v) transpose_tile(buf + v * VL, MT, y + v * VL * p.ldy, p.ldy);
@@ -147,7 +202,7 @@ void workers_task(void* ctx, int64_t begin, int64_t end) {
       const int64_t m0 = t * MT, rows = lesser(MT, p.m - m0);
       for (int64_t q = 0; q < plan.chunks; ++q) {
         const int64_t c0 = q * plan.chunk;
-        transpose_rows(p.a + m0 * p.lda, p.lda, rows, c0, lesser(plan.chunk, p.w.cols - c0), at, MT);
+        load_tile(p, m0, rows, c0, lesser(plan.chunk, p.w.cols - c0), at, MT);
         tile_chunk<NV>(p, plan, c.vals, at, yt, m0, rows, q, 0, p.w.rows);
       }
     }
@@ -171,7 +226,8 @@ void dense_sparse_tiles(const ElementDenseSparse& p, ParallelFor parallel_for, c
     const int64_t rows = lesser(MT, p.m - m0);
     for (int64_t q = 0; q < plan.chunks; ++q) {
       const int64_t c0 = q * plan.chunk;
-      transpose_tile_of(p.a + m0 * p.lda, p.lda, rows, c0, lesser(plan.chunk, p.w.cols - c0), at, MT, parallel_for);
+      TileTask load{&p, m0, rows, c0, MT, at};
+      parallel_for(lesser(plan.chunk, p.w.cols - c0), tile_task, &load);
       DenseSparseTask<NV> task{&p, &plan, vals, at, yt, m0, rows, q};
       parallel_for(p.w.rows, outputs_task<NV>, &task);
     }

@@ -54,6 +54,8 @@ GPU_TEST_MODULES = {
     "tests/test_projection_triton.py": [],  # the whole module runs on CUDA tensors when there is a GPU
     "tests/test_element_triton.py": [],  # likewise
     "tests/test_element_gpu.py": [],
+    "tests/test_abs_topk_triton.py": [],  # the whole module runs on CUDA tensors when there is a GPU
+    "tests/test_abs_topk_gpu.py": [],
     "tests/test_bench_cli.py": ["-m", "gpu"],
 }
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from . import ops
+from .._linear import autocast_args as _autocast, linear_backward
 from .._checks import check_linear_args
 from .backends import select
 from .layout import BlockLayout
@@ -40,29 +41,6 @@ class SparseLinearFunction(torch.autograd.Function):
             lambda g: ops.bsmm_grad_input(g, weight, col_ptr, row_idx, bo, bi, ctx.backend),
             lambda g: ops.bsmm_grad_weight(g, x, block_row, col_idx, bo, bi, ctx.backend))
         return dx, dw, db, None, None, None, None, None, None, None, None, None
-
-
-def linear_backward(ctx, grad_out, x, grad_input, sampled_grad_weight):
-    """``(dx, dW, db)`` of ``y = x @ W.T + b`` for every format's autograd Function, given its two
-    sparse products as callables of ``grad_out``: ``dW`` is the full dense ``grad_out.T @ x``
-    under ``ctx.dense_weight_grad``, else the sampled product; ``None`` where no gradient is needed."""
-    # Kernels index raw memory: an expanded gradient (stride 0) must become real.
-    grad_out = grad_out.contiguous()
-    dx = grad_input(grad_out) if ctx.needs_input_grad[0] else None
-    dw = None
-    if ctx.needs_input_grad[1]:
-        dw = grad_out.t() @ x if ctx.dense_weight_grad else sampled_grad_weight(grad_out)
-    db = grad_out.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
-    return dx, dw, db
-
-
-def _autocast(x, weight, bias):
-    """Under ``torch.autocast`` compute in the autocast dtype, as ``F.linear`` does."""
-    if not isinstance(weight, torch.Tensor) or not torch.is_autocast_enabled(weight.device.type):
-        return x, weight, bias
-    dtype = torch.get_autocast_dtype(weight.device.type)
-    return tuple(t.to(dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() else t
-                 for t in (x, weight, bias))
 
 
 def _choose_backend(name, device, dtype, block_size) -> str:

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from .._checks import check_linear_args
-from ..block.function import _autocast, linear_backward
+from .._linear import autocast_args as _autocast, linear_backward
 from ..block.layout import BlockLayout
 from ..element.layout import ElementLayout
 from .layout import MaskLayout

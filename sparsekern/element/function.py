@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from .._checks import check_linear_args
-from ..block.function import _autocast, linear_backward
+from .._linear import autocast_args as _autocast, linear_backward
 from . import ops
 from .backends import select
 from .layout import ElementLayout

@@ -52,18 +52,23 @@ class KernelSpec:
     unit_strides: tuple
     constexprs: object  # (block, tf32, cfg) -> dict
     config: object  # (block, dtype) -> dict
+    other_ptrs: tuple = ()  # (argument, Triton type) of pointers neither index nor operand (a bool output)
 
 
 # Block-format kernels: tensor cores (tl.dot), one instantiation per block size.
 BLOCK_KERNELS = ("bsmm_fwd/forward", "bsmm_fwd/grad_input", "bsmm_dw/grad_weight")
 # Element-format kernels: CUDA-core gathers and FMAs, no block size, no TF32.
 ELEMENT_KERNELS = ("esmm_fwd/forward", "esmm_fwd/grad_input", "esmm_dw/grad_weight")
-KERNEL_NAMES = BLOCK_KERNELS + ELEMENT_KERNELS
+# Activation kernels (sparsekern/activation/triton/): CUDA-core radix selects, no block size, no
+# TF32; the row held in registers (rows up to MAX_ONE_CHUNK) and the row walked in blocks.
+ACTIVATION_KERNELS = ("abs_topk/one_chunk", "abs_topk/loop")
+KERNEL_NAMES = BLOCK_KERNELS + ELEMENT_KERNELS + ACTIVATION_KERNELS
 
 
 def _kernel_specs() -> dict[str, KernelSpec]:
     from ..block.triton.bsmm_dw import _bsmm_dw_kernel
     from ..block.triton.bsmm_fwd import _bsmm_fwd_kernel
+    from ..activation.triton.abs_topk import MAX_ONE_CHUNK, _abs_topk_kernel, abs_topk_config
     from ..block.triton.config import bsmm_dw_config, bsmm_fwd_config
     from ..element.triton.config import esmm_dw_config, esmm_fwd_config
     from ..element.triton.esmm_dw import _esmm_dw_kernel
@@ -76,6 +81,7 @@ def _kernel_specs() -> dict[str, KernelSpec]:
         return {name: cfg[name] for name in names}
 
     esmm_fwd_tiles = ("BLOCK_M", "BLOCK_N", "BLOCK_NZ")
+    abs_topk_tiles = ("KEY_BITS", "BLOCK_N", "ONE_CHUNK")
     return {
         # forward: a = x (unit stride along K), b = weight.T (unit stride along K)
         "bsmm_fwd/forward": KernelSpec(
@@ -106,6 +112,13 @@ def _kernel_specs() -> dict[str, KernelSpec]:
             _esmm_dw_kernel, ("ptr_ptr", "idx_ptr"), ("stride_gm", "stride_xm", "stride_wk"),
             lambda block, tf32, cfg: tiles(cfg, "BLOCK_M", "BLOCK_NZ"),
             lambda block, dtype: esmm_dw_config(dtype)),
+        # The launcher's configs at the longest row held in registers, and just past it (the loop).
+        "abs_topk/one_chunk": KernelSpec(
+            _abs_topk_kernel, (), (), lambda block, tf32, cfg: tiles(cfg, *abs_topk_tiles),
+            lambda block, dtype: abs_topk_config(MAX_ONE_CHUNK, dtype), other_ptrs=(("kept_ptr", "*i1"),)),
+        "abs_topk/loop": KernelSpec(
+            _abs_topk_kernel, (), (), lambda block, tf32, cfg: tiles(cfg, *abs_topk_tiles),
+            lambda block, dtype: abs_topk_config(MAX_ONE_CHUNK + 1, dtype), other_ptrs=(("kept_ptr", "*i1"),)),
     }
 
 
@@ -157,13 +170,15 @@ def compile_for_gpu(fn, arch: int, constexprs: dict, pointer_type, *, unit_strid
 
 def compile_kernel(name: str, arch: int, dtype: torch.dtype, block_size=None, tf32: bool = False) -> AotReport:
     """Compile one matmul kernel instantiation for ``sm_<arch>`` and read its resource use
-    (``block_size``: the block kernels' ``(block_out, block_in)``; None for the element kernels)."""
+    (``block_size``: the block kernels' ``(block_out, block_in)``; None for the element and activation kernels)."""
     spec = _kernel_specs()[name]
     block = tuple(block_size) if block_size is not None else None
     cfg = spec.config(block, dtype)
     ty = TRITON_DTYPES[dtype]
+    other = dict(spec.other_ptrs)
     compiled, registers, spills = compile_for_gpu(
-        spec.fn, arch, spec.constexprs(block, tf32, cfg), lambda arg: "*i32" if arg in spec.index_ptrs else f"*{ty}",
+        spec.fn, arch, spec.constexprs(block, tf32, cfg),
+        lambda arg: other.get(arg) or ("*i32" if arg in spec.index_ptrs else f"*{ty}"),
         unit_strides=spec.unit_strides, options={"num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"]},
     )
     ptx = compiled.asm["ptx"]
@@ -172,11 +187,11 @@ def compile_kernel(name: str, arch: int, dtype: torch.dtype, block_size=None, tf
 
 
 def expected_tensor_core(kernel: str, arch: int, dtype: str, block_size, tf32: bool) -> str:
-    """The tensor-core instruction a kernel's PTX must hold: none for the element kernels (CUDA
-    cores) and for IEEE fp32; mma.sync on sm_80; on sm_90a wgmma, which needs 64 rows per
+    """The tensor-core instruction a kernel's PTX must hold: none for the element and activation
+    kernels (CUDA cores) and for IEEE fp32; mma.sync on sm_80; on sm_90a wgmma, which needs 64 rows per
     warpgroup: the forward tiles have BLOCK_M=64, the weight-gradient tile is one weight block
     (so blocks of 64+ rows)."""
-    if kernel in ELEMENT_KERNELS or (dtype == "fp32" and not tf32):
+    if kernel in ELEMENT_KERNELS or kernel in ACTIVATION_KERNELS or (dtype == "fp32" and not tf32):
         return "none"
     if arch == 80:
         return "mma.sync"
@@ -197,7 +212,7 @@ def _ptxas_usage(ptx: str, arch: int) -> tuple[int, int]:
 
 def default_cases():
     """The instantiations checked by the tests and shown by ``sparsekern-bench --static``:
-    ``(kernel, arch, dtype, block_size, tf32)``, block_size None for the element kernels."""
+    ``(kernel, arch, dtype, block_size, tf32)``, block_size None for the element and activation kernels."""
     for arch in ARCHS:
         for dtype in (torch.float16, torch.bfloat16):
             for block in ((16, 16), (32, 32), (64, 64), (128, 128), (32, 64)):
@@ -207,7 +222,7 @@ def default_cases():
             yield name, arch, torch.float32, (32, 32), True
             yield name, arch, torch.float32, (32, 32), False
         for dtype in (torch.float16, torch.bfloat16, torch.float32):
-            for name in ELEMENT_KERNELS:
+            for name in ELEMENT_KERNELS + ACTIVATION_KERNELS:
                 yield name, arch, dtype, None, False
 
 

@@ -1,0 +1,28 @@
+"""AbsTopK backend "cpu": the C++ radix select (csrc/cpu/abs_topk*) from the compiled extension.
+
+Compiled for the baseline and for AVX2 and chosen at run time (``sparsekern.set_cpu_isa``; AVX-512
+machines run the AVX2 build: the passes are bound by memory and a scalar histogram). fp32,
+fp64, fp16 and bf16; rows dealt to torch's threads.
+"""
+
+import torch
+
+from ..._alloc import poisoned_output_or_none as _out
+from ..._extension import extension, unavailable_reason
+from ...backend import Backend
+
+
+class AbsTopKCpuBackend(Backend):
+    name = "cpu"
+    devices = ("cpu",)
+    dtypes = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+    def unavailable_reason(self):
+        return unavailable_reason("abs_topk_cpu")
+
+    def forward(self, x2d, k):
+        values = _out(x2d.shape, x2d)
+        # Under the tests' poison switch both outputs come pre-filled (values NaN, kept True),
+        # so an entry the kernel does not write shows.
+        kept = None if values is None else torch.ones(x2d.shape, dtype=torch.bool)
+        return extension().abs_topk_cpu(x2d, k, values, kept)

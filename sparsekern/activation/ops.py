@@ -1,0 +1,30 @@
+"""AbsTopK as a torch operator in the ``sparsekern`` namespace.
+
+It takes the backend's name and dispatches to it; the fake implementation gives the output
+shapes to ``torch.compile`` and ``opcheck``. ``abs_topk.py`` calls only this.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from .backends import get_backend
+
+
+@torch.library.custom_op("sparsekern::abs_topk", mutates_args=())
+def abs_topk(x: Tensor, k: int, backend: str) -> tuple[Tensor, Tensor]:
+    """``(values, kept)``, both x-shaped: each row's (last dimension's) ``k`` largest
+    magnitudes, bit for bit, +0 elsewhere; ``kept`` the bool mask of them."""
+    n = x.shape[-1]
+    # Backends take contiguous 2-D rows; the row count is explicit, as reshape(-1, 0) is ambiguous.
+    x2d = x.reshape(math.prod(x.shape[:-1]), n).contiguous()
+    values, kept = get_backend(backend).forward(x2d, k)
+    return values.view(x.shape), kept.view(x.shape)
+
+
+@abs_topk.register_fake
+def _(x, k, backend):
+    return x.new_empty(x.shape), x.new_empty(x.shape, dtype=torch.bool)

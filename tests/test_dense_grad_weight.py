@@ -1,0 +1,198 @@
+"""The dense weight gradient with sparse activations (sparsekern/dense/grad_weight.py): the same
+``grad_out.T @ x`` whichever side is walked, for operands of every sparsity."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import sparsekern
+from sparsekern._extension import extension
+from sparsekern.dense import grad_weight as gw
+
+pytestmark = pytest.mark.skipif(extension() is None or not hasattr(extension(), "esmm_sparse_operand_grad_weight_cpu"),
+                                reason="needs the compiled extension sparsekern._C (CPU kernels)")
+
+SPARSE_SIDES = ("input", "grad_out")
+
+
+def reference(grad_out, x):
+    return grad_out.double().t() @ x.double()
+
+
+def assert_close(out, grad_out, x):
+    ref = reference(grad_out, x)
+    assert out.shape == ref.shape and out.dtype == torch.float32
+    assert not out.isnan().any()
+    scale = max(ref.abs().max().item(), 1e-30)
+    # fp32 accumulation over len(rows) terms: the error bound of a sum that long, relative to the
+    # largest term of the result; far below 1e-5 at these sizes.
+    err = (out.double() - ref).abs().max().item() / scale
+    assert err < 2e-6, f"relative error {err:.2e}"
+
+
+def abs_topk(x, k):
+    idx = x.abs().topk(k, dim=-1).indices
+    return torch.zeros_like(x).scatter(-1, idx, x.gather(-1, idx))
+
+
+def sparse_rows(rows, cols, density, generator, pattern="random"):
+    """A [rows, cols] operand with about `density` of its entries nonzero, and no exact zero elsewhere."""
+    x = torch.randn(rows, cols, generator=generator)
+    x = torch.where(x == 0, torch.ones_like(x), x)
+    if pattern == "relu":
+        shift = torch.distributions.Normal(0.0, 1.0).icdf(torch.tensor(1.0 - density)).item() if 0 < density < 1 else 0
+        return torch.relu(x - shift) if 0 < density < 1 else (x.abs() if density == 1 else torch.zeros_like(x))
+    if pattern == "abstopk":
+        return abs_topk(x, round(density * cols))
+    keep = torch.rand(rows, cols, generator=generator) < density
+    return torch.where(keep, x, 0)
+
+
+@pytest.mark.parametrize("side", SPARSE_SIDES)
+@pytest.mark.parametrize("density", [0.0, 0.03, 0.25, 0.5, 0.9, 1.0])
+def test_either_side_any_density(side, density):
+    g = torch.Generator().manual_seed(int(density * 100) + len(side))
+    grad_out = sparse_rows(300, 130, density if side == "grad_out" else 1.0, g)
+    x = sparse_rows(300, 70, density if side == "input" else 1.0, g)
+    out = gw.grad_weight(grad_out, x, side)
+    assert_close(out, grad_out, x)
+    if density == 0.0:
+        assert torch.equal(out, torch.zeros_like(out))
+
+
+@pytest.mark.parametrize("pattern", ["abstopk", "relu"])
+@pytest.mark.parametrize("side", SPARSE_SIDES)
+def test_activation_patterns_both_sides_sparse(pattern, side):
+    g = torch.Generator().manual_seed(7)
+    x = sparse_rows(513, 200, 0.25, g, pattern)
+    grad_out = sparse_rows(513, 96, 0.25, g, "abstopk")
+    assert_close(gw.grad_weight(grad_out, x, side), grad_out, x)
+
+
+@pytest.mark.parametrize("side", SPARSE_SIDES)
+def test_rows_without_and_with_every_nonzero(side):
+    g = torch.Generator().manual_seed(3)
+    x = sparse_rows(200, 64, 0.3, g)
+    grad_out = sparse_rows(200, 48, 0.3, g)
+    x[::7] = 0  # tokens with no nonzero
+    x[3::11] = torch.randn(len(range(3, 200, 11)), 64, generator=g)  # tokens with every entry
+    grad_out[1::5] = 0
+    x[:, 5] = 0  # a column (feature) with no nonzero
+    grad_out[:, 9] = 0
+    assert_close(gw.grad_weight(grad_out, x, side), grad_out, x)
+
+
+@pytest.mark.parametrize("side", SPARSE_SIDES)
+@pytest.mark.parametrize("shape", [(1, 1, 1), (1, 40, 3), (17, 1, 9), (97, 33, 129), (2049, 24, 40), (64, 600, 17)])
+def test_edge_shapes(side, shape):
+    m, n, k = shape
+    g = torch.Generator().manual_seed(m * 7 + n)
+    grad_out = sparse_rows(m, n, 0.4, g)
+    x = sparse_rows(m, k, 0.4, g)
+    assert_close(gw.grad_weight(grad_out, x, side), grad_out, x)
+
+
+@pytest.mark.parametrize("side", SPARSE_SIDES)
+def test_every_output_written(side):
+    g = torch.Generator().manual_seed(11)
+    grad_out = sparse_rows(120, 50, 0.2, g)
+    x = sparse_rows(120, 45, 0.2, g)
+    x[:, :3] = 0
+    grad_out[:, -4:] = 0  # outputs whose sum has no term at all must still be written (zeros)
+    out = torch.full((50, 45), float("nan"))
+    extension().esmm_sparse_operand_grad_weight_cpu(grad_out, x, side == "input", out=out)
+    assert_close(out, grad_out, x)
+
+
+@pytest.mark.parametrize("side", SPARSE_SIDES)
+def test_strided_operands(side):
+    g = torch.Generator().manual_seed(5)
+    grad_big = sparse_rows(90, 80, 0.3, g)
+    x_t = sparse_rows(60, 90, 0.3, g).t()  # columns contiguous: copied to rows first
+    grad_out = grad_big[:, 10:70]  # rows contiguous, leading dimension 80
+    assert_close(gw.grad_weight(grad_out, x_t, side), grad_out, x_t)
+
+
+def test_choice_follows_the_sparser_side():
+    g = torch.Generator().manual_seed(0)
+    dense_x = sparse_rows(2048, 1024, 1.0, g)
+    dense_g = sparse_rows(2048, 1024, 1.0, g)
+    assert gw.choose_side(dense_g, dense_x) == "dense"  # a dense input takes today's path
+    sparse_x = sparse_rows(2048, 1024, 0.05, g)
+    assert gw.choose_side(dense_g, sparse_x) == "input"
+    sparse_g = sparse_rows(2048, 1024, 0.05, g)
+    assert gw.choose_side(sparse_g, dense_x) == "grad_out"
+    assert gw.choose_side(sparse_g, sparse_rows(2048, 1024, 0.01, g)) == "input"
+    assert gw.choose_side(sparse_g.double(), sparse_x.double()) == "dense"  # fp64: no kernel
+    assert gw.choose_side(sparse_g[:8, :8], sparse_x[:8, :8]) == "dense"  # too small to measure
+
+
+def test_a_skipped_zero_never_meets_inf_or_nan():
+    # 0 * inf is NaN in the dense product: the side whose zeros would be skipped is walked only
+    # when the other side is finite, so auto gives the dense product's NaNs exactly.
+    g = torch.Generator().manual_seed(1)
+    grad_out = sparse_rows(2048, 1024, 0.05, g)
+    x = sparse_rows(2048, 1024, 1.0, g)
+    x[5, 7] = float("inf")
+    x[9, 3] = float("nan")
+    assert gw.choose_side(grad_out, x) == "dense"
+    out = gw.dense_grad_weight(grad_out, x)
+    ref = grad_out.t() @ x
+    assert torch.equal(out.isnan(), ref.isnan()) and out.isnan().any()
+    # An Inf on the walked side itself is walked: its products are the dense product's.
+    x = sparse_rows(2048, 1024, 0.05, g)
+    x[5, 7] = float("inf")
+    dense_g = sparse_rows(2048, 1024, 1.0, g)
+    assert gw.choose_side(dense_g, x) == "input"
+    out = gw.dense_grad_weight(dense_g, x)
+    ref = dense_g.t() @ x
+    assert torch.equal(out.isnan(), ref.isnan()) and torch.equal(out.isinf(), ref.isinf())
+
+
+def test_sparse_linear_dense_grad_uses_it_and_matches_dense():
+    torch.manual_seed(0)
+    layer = sparsekern.SparseLinear(1024, 2048, density=1 / 64, format="element", dense_grad=True)
+    x = abs_topk(torch.randn(2048, 1024), 256).requires_grad_()
+    y = layer(x)
+    grad = abs_topk(torch.randn_like(y), 512)
+    assert gw.choose_side(grad, x.detach()) != "dense"
+    y.backward(grad)
+    ref = reference(grad, x.detach())
+    err = (layer.weight.grad.double() - ref).abs().max().item() / ref.abs().max().item()
+    assert err < 2e-6
+    assert (layer.weight.grad != 0).float().mean() > 0.5  # dense: pruned entries get gradients
+
+
+def test_operator_and_compile():
+    g = torch.Generator().manual_seed(2)
+    grad_out = sparse_rows(64, 32, 0.3, g)
+    x = sparse_rows(64, 16, 0.3, g)
+    torch.library.opcheck(torch.ops.sparsekern.dense_grad_weight.default, (grad_out, x))
+
+
+def test_bad_arguments_raise():
+    ext = extension()
+    x = torch.randn(8, 4)
+    with pytest.raises(ValueError, match="side"):
+        gw.grad_weight(torch.randn(8, 3), x, "both")
+    with pytest.raises(ValueError, match="same rows"):
+        ext.esmm_sparse_operand_grad_weight_cpu(torch.randn(7, 3), x, True)
+    with pytest.raises(TypeError, match="float32"):
+        ext.esmm_sparse_operand_grad_weight_cpu(torch.randn(8, 3).double(), x, True)
+    with pytest.raises(ValueError, match="2-D"):
+        ext.esmm_sparse_operand_grad_weight_cpu(torch.randn(8, 3, 1), x, False)
+    with pytest.raises(ValueError, match="contiguous rows"):
+        ext.esmm_sparse_operand_grad_weight_cpu(torch.randn(3, 8).t(), x, False)
+    with pytest.raises(RuntimeError, match="shape"):
+        ext.esmm_sparse_operand_grad_weight_cpu(torch.randn(8, 3), x, False, out=torch.empty(4, 3))
+
+
+def test_operand_stats():
+    t = torch.tensor([[0.0, 1.0, -0.0], [float("nan"), 0.0, 2.0]])
+    assert extension().operand_stats_cpu(t) == (3, False)
+    assert extension().operand_stats_cpu(torch.ones(5, 7)) == (35, True)
+    assert extension().operand_stats_cpu(torch.tensor([[float("-inf"), 1.0]])) == (2, False)
+    assert math.isclose(extension().operand_stats_cpu(torch.zeros(0, 4))[0], 0)
