@@ -476,6 +476,36 @@ void register_cpu_activation(pybind11::module_& m) {
       "(values, kept): the k largest-magnitude entries of every row of a 2-D CPU tensor, zeros elsewhere",
       pybind11::arg("x"), pybind11::arg("k"), pybind11::arg("values_out") = pybind11::none(),
       pybind11::arg("kept_out") = pybind11::none());
+  // The backward, grad where kept and +0 elsewhere, into an output on huge pages: torch.where
+  // allocates a fresh buffer whose page faults cost more than the pass itself (70 ms against
+  // about 10 for [2048, 8192] fp32 on the EPYC).
+  m.def(
+      "abs_topk_backward_cpu",
+      [](const Tensor& grad, const Tensor& kept) {
+        TORCH_CHECK_VALUE(grad.device().is_cpu() && kept.device().is_cpu(), "grad and kept must be CPU tensors");
+        TORCH_CHECK_TYPE(kept.scalar_type() == at::kBool, "kept must be bool, got ", kept.scalar_type());
+        TORCH_CHECK_VALUE(grad.sizes() == kept.sizes(), "grad and kept must have one shape, got ", grad.sizes(),
+                          " and ", kept.sizes());
+        TORCH_CHECK_VALUE(grad.is_contiguous() && kept.is_contiguous(), "grad and kept must be contiguous");
+        const int64_t size = grad.element_size();
+        TORCH_CHECK_TYPE(grad.is_floating_point() && (size == 2 || size == 4 || size == 8),
+                         "grad must be a floating tensor, got ", grad.scalar_type());
+        Tensor dx = output(std::nullopt, grad.sizes(), grad);
+        const auto* keep = reinterpret_cast<const uint8_t*>(kept.data_ptr<bool>());
+        const auto copy = [&](auto zero) {
+          using Word = decltype(zero);
+          const Word* g = static_cast<const Word*>(grad.data_ptr());
+          Word* d = static_cast<Word*>(dx.data_ptr());
+          at::parallel_for(0, grad.numel(), int64_t{1} << 16, [&](int64_t begin, int64_t end) {
+            for (int64_t i = begin; i < end; ++i) d[i] = keep[i] ? g[i] : zero;  // bit copies: +0 is all zeros
+          });
+        };
+        if (size == 2) copy(uint16_t{0});
+        else if (size == 4) copy(uint32_t{0});
+        else copy(uint64_t{0});
+        return dx;
+      },
+      "grad where kept, +0 elsewhere (the backward of abs_topk_cpu)", pybind11::arg("grad"), pybind11::arg("kept"));
 }
 
 cpu::Isa parse_isa(const std::string& name) {

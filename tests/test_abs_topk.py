@@ -246,6 +246,24 @@ def test_gradient_is_the_kept_mask_times_grad(backend, dtype):
         assert_bitwise(dx, torch.where(kept, g, torch.zeros((), dtype=dtype)), "dx")
 
 
+@pytest.mark.skipif(extension() is None or not hasattr(extension(), "abs_topk_backward_cpu"),
+                    reason="needs the compiled extension sparsekern._C")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+def test_fused_backward_is_the_where_bit_for_bit(dtype):
+    # The backward's one pass (used when the backward need not be differentiable) against
+    # torch.where, on gradients holding NaN, +-Inf and -0: kept entries copied, others +0.
+    g = make("special", (4, 300), dtype, seed=21)
+    kept = make("normal", (4, 300), torch.float32, seed=22) > 0.3
+    fused = extension().abs_topk_backward_cpu(g, kept)
+    assert_bitwise(fused, torch.where(kept, g, torch.zeros((), dtype=dtype)), "dx")
+    with pytest.raises(ValueError, match="one shape"):
+        extension().abs_topk_backward_cpu(g, kept[:, :10].contiguous())
+    with pytest.raises(TypeError, match="bool"):
+        extension().abs_topk_backward_cpu(g, kept.float())
+    with pytest.raises(ValueError, match="contiguous"):
+        extension().abs_topk_backward_cpu(g.t(), kept.t())
+
+
 def test_function_marks_kept_non_differentiable():
     x = torch.randn(3, 8, dtype=torch.float64, requires_grad=True)
     values, kept = AbsTopKFunction.apply(x, 3, "reference")

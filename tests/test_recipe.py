@@ -106,8 +106,10 @@ def test_sharkfin_bad_density_changes_nothing():
     opt = torch.optim.SGD(p, lr=0.1)
     densities = {0: 1.0, 1: 0.5, 2: 1.5}
     sched = sparsekern.SharkfinLR(opt, lambda s: densities[s], base=lambda s: 1.0)
+    opt.step()
     sched.step()
     lr, epoch = opt.param_groups[0]["lr"], sched.last_epoch
+    opt.step()
     with pytest.raises(ValueError, match=r"density\(step\)"):
         sched.step()
     assert opt.param_groups[0]["lr"] == lr and sched.last_epoch == epoch

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import torch
 
+from .._extension import extension
+
 from . import ops
 from .backends import select
 
@@ -47,7 +49,18 @@ class AbsTopKFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_values, grad_kept):
         (kept,) = ctx.saved_tensors
+        if _fused_backward(grad_values, kept):
+            return extension().abs_topk_backward_cpu(grad_values, kept), None, None
         return torch.where(kept, grad_values, 0), None, None
+
+
+def _fused_backward(grad, kept) -> bool:
+    """Whether the backward can be the CPU extension's one pass (the same values as the
+    ``torch.where``, without its fresh allocation's page faults). Not when it must itself be
+    differentiable (``create_graph``) or traced (``torch.compile``)."""
+    return (kept.device.type == "cpu" and grad.device.type == "cpu" and not torch.is_grad_enabled()
+            and not torch.compiler.is_compiling() and grad.is_contiguous() and grad.shape == kept.shape
+            and extension() is not None and hasattr(extension(), "abs_topk_backward_cpu"))
 
 
 def _choose_backend(name, device, dtype) -> str:
