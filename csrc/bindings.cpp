@@ -634,7 +634,8 @@ std::tuple<Tensor, int64_t, int64_t> topk_floors_cpu(const Tensor& weight, int64
                     weight.size(1), "], got ", min_per_row);
   TORCH_CHECK_VALUE(min_per_col >= 0 && min_per_col <= weight.size(0), "min_per_col must be in [0, ",
                     weight.size(0), "], got ", min_per_col);
-  Tensor mask = at::empty(weight.sizes(), weight.options().dtype(at::kBool));
+  // On huge pages when large (output()): a fresh mask's page faults cost as much as the floors.
+  Tensor mask = output(std::nullopt, weight.sizes(), at::empty({0}, weight.options().dtype(at::kBool)));
   int64_t count = 0;
   uint32_t min_key = 0xffffffffu;
   const cpu::TopkStatus status = cpu::topk_floors(

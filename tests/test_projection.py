@@ -93,6 +93,22 @@ def test_floors_match_rule(backend, dtype, kind, floors, generator):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_row_floors_where_blocks_of_32_are_skipped(backend, dtype, generator):
+    # The CPU row floor skips a block of 32 whose largest |w| cannot enter the row's list; the
+    # largest entries in the last, partial block, and ties equal to the list's last key in
+    # later blocks (which must not displace the earlier ones), are the edges of that skip.
+    w = (torch.rand(6, 100, generator=generator) * 0.5).to(dtype)
+    w[0, 96:] = torch.tensor([4.0, -3.0, 2.0, 1.5]).to(dtype)  # the whole floor in the partial block
+    w[1, :] = 0.25
+    w[1, 40] = w[1, 70] = 1.0  # two above, then ties everywhere: the lowest indices win
+    w[2, 5], w[2, 33], w[2, 64], w[2, 99] = 1.0, -1.0, 1.0, -1.0  # four equal maxima in four blocks
+    w[3, 31], w[3, 32] = 2.0, -2.0  # the two sides of a block boundary
+    for k in (24, 30, 200):
+        check_projection(w, k, backend, min_per_row=4)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_floors_large(backend, generator):
     w = make_weight("normal", (640, 512), torch.float32, generator)
     check_projection(w, w.numel() // 64, backend, min_per_row=4, min_per_col=2, block_size=32)

@@ -527,10 +527,21 @@ TopkStatus floors_impl(const typename K::Bits* p, int64_t rows, int64_t cols, in
       uint32_t bad_bits = 0;
       for (int64_t r = chunk_row(rows, nc, c); r < chunk_row(rows, nc, c + 1); ++r) {
         int64_t filled = 0;
-        for (int64_t j = 0; j < cols; ++j) {
-          const uint32_t u = p[r * cols + j] & K::kMask;
-          bad_bits |= u >= K::kInf;
-          offer(u, j, keys.data(), where.data(), m, &filled);
+        const typename K::Bits* row = p + r * cols;
+        // A block of 32 goes through `offer` only if its largest key could enter the list:
+        // once the list is full that is rare, and the block's maximum (and the check for
+        // non-finite entries) is a branch-free loop that vectorises. Equal keys never
+        // displace earlier ones, so skipping blocks whose maximum ties the last is exact.
+        for (int64_t j0 = 0; j0 < cols; j0 += 32) {
+          const int64_t j1 = std::min(cols, j0 + 32);
+          uint32_t block_max = 0;
+          for (int64_t j = j0; j < j1; ++j) {
+            const uint32_t u = row[j] & K::kMask;
+            block_max = std::max(block_max, u);
+            bad_bits |= u >= K::kInf;
+          }
+          if (filled == m && block_max <= keys[m - 1]) continue;
+          for (int64_t j = j0; j < j1; ++j) offer(row[j] & K::kMask, j, keys.data(), where.data(), m, &filled);
         }
         for (int64_t t = 0; t < filled; ++t) mark(c, r * cols + where[t], keys[t]);
       }
