@@ -397,16 +397,25 @@ Tensor esmm_sparse_operand_grad_weight_cpu(const Tensor& grad_out, const Tensor&
   TORCH_CHECK_VALUE(grad_out.size(0) == x.size(0), "grad_out and x must have the same rows, got ", grad_out.size(0),
                     " and ", x.size(0));
   const int64_t m = x.size(0), n = grad_out.size(1), k = x.size(1);
+  if (out.has_value()) {
+    const auto overlaps = [&](const Tensor& t) {
+      const auto a = reinterpret_cast<uintptr_t>(out->data_ptr()), b = reinterpret_cast<uintptr_t>(t.data_ptr());
+      return out->numel() > 0 && t.numel() > 0 && a < b + t.nbytes() && b < a + out->nbytes();
+    };
+    TORCH_CHECK_VALUE(!overlaps(grad_out) && !overlaps(x), "out must not overlap grad_out or x");
+    TORCH_CHECK_VALUE(out->is_contiguous(), "out must be contiguous");
+  }
   Tensor dw = output(out, {n, k}, x);
   const Tensor& sparse = sparse_input ? x : grad_out;
   const int64_t cols = sparse.size(1);
-  const int64_t nnz = cpu::operand_stats(sparse.data_ptr<float>(), m, cols, leading_dim(sparse), torch_parallel_for).nnz;
   Tensor col_ptr = at::empty({cols + 1}, x.options().dtype(at::kLong));
+  Tensor counts = at::empty({cpu::list_chunks(m) * cols}, x.options().dtype(at::kLong));
+  const int64_t nnz = cpu::count_columns(sparse.data_ptr<float>(), m, cols, leading_dim(sparse),
+                                         counts.data_ptr<int64_t>(), col_ptr.data_ptr<int64_t>(), torch_parallel_for);
   Tensor row_idx = at::empty({nnz}, x.options().dtype(at::kInt));
   Tensor vals = at::empty({nnz}, x.options());
-  Tensor counts = at::empty({cpu::list_chunks(m) * cols}, x.options().dtype(at::kLong));
-  cpu::list_columns(sparse.data_ptr<float>(), m, cols, leading_dim(sparse), counts.data_ptr<int64_t>(),
-                    col_ptr.data_ptr<int64_t>(), row_idx.data_ptr<int32_t>(), vals.data_ptr<float>(), torch_parallel_for);
+  cpu::fill_columns(sparse.data_ptr<float>(), m, cols, leading_dim(sparse), counts.data_ptr<int64_t>(),
+                    row_idx.data_ptr<int32_t>(), vals.data_ptr<float>(), torch_parallel_for);
   cpu::SparseOperandGradWeight p{grad_out.data_ptr<float>(), leading_dim(grad_out), x.data_ptr<float>(),
                                  leading_dim(x), m, n, k, sparse_input, col_ptr.data_ptr<int64_t>(),
                                  row_idx.data_ptr<int32_t>(), vals.data_ptr<float>(), nnz, dw.data_ptr<float>(),

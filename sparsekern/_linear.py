@@ -5,18 +5,25 @@ from __future__ import annotations
 
 import torch
 
+from .dense_grad_weight import dense_grad_weight
+
 
 def linear_backward(ctx, grad_out, x, grad_input, sampled_grad_weight):
     """``(dx, dW, db)`` of ``y = x @ W.T + b`` for every format's autograd Function, given its two
     sparse products as callables of ``grad_out``: ``dW`` is the full dense ``grad_out.T @ x``
     under ``ctx.dense_weight_grad`` (exploiting exact zeros of ``x`` or ``grad_out``:
-    ``dense/grad_weight.py``), else the sampled product; ``None`` where no gradient is needed."""
+    ``dense_grad_weight.py``), else the sampled product; ``None`` where no gradient is needed."""
     # Kernels index raw memory: an expanded gradient (stride 0) must become real.
     grad_out = grad_out.contiguous()
     dx = grad_input(grad_out) if ctx.needs_input_grad[0] else None
     dw = None
     if ctx.needs_input_grad[1]:
-        dw = dense_grad_weight(grad_out, x) if ctx.dense_weight_grad else sampled_grad_weight(grad_out)
+        if not ctx.dense_weight_grad:
+            dw = sampled_grad_weight(grad_out)
+        elif torch.is_grad_enabled():  # create_graph: the operator has no derivative of its own
+            dw = grad_out.t() @ x
+        else:
+            dw = dense_grad_weight(grad_out, x)
     db = grad_out.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
     return dx, dw, db
 
@@ -29,6 +36,3 @@ def autocast_args(x, weight, bias):
     return tuple(t.to(dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() else t
                  for t in (x, weight, bias))
 
-
-# Last: sparsekern.dense imports this module (its autograd Function shares linear_backward).
-from .dense.grad_weight import dense_grad_weight  # noqa: E402

@@ -77,6 +77,8 @@ def linear_warmup_decay(total_steps: int, warmup_steps: int = 0, final_fraction:
     final_fraction = check_density(final_fraction, "final_fraction")
 
     def base(step: int) -> float:
+        if step >= total_steps:
+            return final_fraction
         if step < warmup_steps:
             return (step + 1) / warmup_steps
         span = max(total_steps - warmup_steps, 1)
@@ -121,6 +123,19 @@ class SharkfinLR(torch.optim.lr_scheduler.LambdaLR):
             for lam in self.lr_lambdas:
                 lam(self.last_epoch + 1)
         super().step(epoch)
+
+    def state_dict(self) -> dict:
+        """LambdaLR's state (the step count and rates) without ``density`` and ``base``: callables
+        the caller rebuilds (and which ``torch.save`` may not pickle)."""
+        state = super().state_dict()
+        state.pop("density", None)
+        state.pop("base", None)
+        return state
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        density, base = self.density, self.base  # this scheduler's own, not the saved run's
+        super().load_state_dict(state_dict)
+        self.density, self.base = density, base
 
     def factor(self, step: int) -> float:
         """``base(step) / sqrt(density(step))``: the multiplier of the initial rate at ``step``."""

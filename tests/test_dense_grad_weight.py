@@ -1,4 +1,4 @@
-"""The dense weight gradient with sparse activations (sparsekern/dense/grad_weight.py): the same
+"""The dense weight gradient with sparse activations (sparsekern/dense_grad_weight.py): the same
 ``grad_out.T @ x`` whichever side is walked, for operands of every sparsity."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import torch
 
 import sparsekern
 from sparsekern._extension import extension
-from sparsekern.dense import grad_weight as gw
+from sparsekern import dense_grad_weight as gw
 
 pytestmark = pytest.mark.skipif(extension() is None or not hasattr(extension(), "esmm_sparse_operand_grad_weight_cpu"),
                                 reason="needs the compiled extension sparsekern._C (CPU kernels)")
@@ -93,6 +93,38 @@ def test_edge_shapes(side, shape):
     grad_out = sparse_rows(m, n, 0.4, g)
     x = sparse_rows(m, k, 0.4, g)
     assert_close(gw.grad_weight(grad_out, x, side), grad_out, x)
+
+
+@pytest.mark.parametrize("side", SPARSE_SIDES)
+def test_no_rows_or_no_columns(side):
+    # An empty reduction (no tokens) gives exact zeros, never a crash; empty outputs work.
+    for m, n, k in ((0, 5, 7), (0, 1, 1), (6, 0, 3), (6, 4, 0)):
+        grad_out, x = torch.randn(m, n), torch.randn(m, k)
+        out = gw.grad_weight(grad_out, x, side)
+        assert out.shape == (n, k) and torch.equal(out, torch.zeros(n, k))
+
+
+@pytest.mark.parametrize("side", SPARSE_SIDES)
+def test_out_may_not_overlap_an_operand(side):
+    g = torch.Generator().manual_seed(4)
+    grad_out = sparse_rows(16, 16, 0.3, g)
+    x = sparse_rows(16, 16, 0.3, g)
+    with pytest.raises(ValueError, match="overlap"):
+        extension().esmm_sparse_operand_grad_weight_cpu(grad_out, x, side == "input", out=grad_out)
+
+
+def test_second_order_through_dense_grad():
+    # create_graph: the backward is differentiable again (the plain product), as F.linear's is.
+    torch.manual_seed(0)
+    layer = sparsekern.SparseLinear(12, 10, density=0.5, format="dense", dense_grad=True).double()
+    x = torch.randn(7, 12, dtype=torch.float64, requires_grad=True)
+    (dw,) = torch.autograd.grad(layer(x).square().sum(), layer.weight, create_graph=True)
+    (dx2,) = torch.autograd.grad(dw.square().sum(), x)
+    x_ref = x.detach().clone().requires_grad_()
+    w = torch.where(layer.layout.to_mask(), layer.weight.detach(), 0).requires_grad_()
+    (dw_ref,) = torch.autograd.grad((x_ref @ w.t() + layer.bias.detach()).square().sum(), w, create_graph=True)
+    (dx2_ref,) = torch.autograd.grad(dw_ref.square().sum(), x_ref)
+    torch.testing.assert_close(dx2, dx2_ref)
 
 
 @pytest.mark.parametrize("side", SPARSE_SIDES)
@@ -196,3 +228,12 @@ def test_operand_stats():
     assert extension().operand_stats_cpu(torch.ones(5, 7)) == (35, True)
     assert extension().operand_stats_cpu(torch.tensor([[float("-inf"), 1.0]])) == (2, False)
     assert math.isclose(extension().operand_stats_cpu(torch.zeros(0, 4))[0], 0)
+
+
+def test_element_forward_with_no_reduction_writes_the_bias():
+    # The fix that keeps an empty reduction (zero rows above) from dividing by zero is in the
+    # element kernel's plan, which the forward shares: in_features = 0 gives the bias.
+    bias = torch.randn(3)
+    ptr, idx = torch.zeros(4, dtype=torch.int32), torch.zeros(0, dtype=torch.int32)
+    y = extension().esmm_forward_cpu(torch.randn(5, 0), torch.randn(3, 0), bias, ptr, idx)
+    assert torch.equal(y, bias.expand(5, 3))

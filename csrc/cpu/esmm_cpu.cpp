@@ -35,7 +35,11 @@ namespace {
 // of it was 15% slower, an eighth twice as slow); 128 KiB where the size is not known.
 int64_t tile_bytes() {
   static const int64_t bytes = [] {
-    if (const char* env = std::getenv("SPARSEKERN_ESMM_TILE_KB")) return static_cast<int64_t>(std::atoi(env)) << 10;
+    // SPARSEKERN_ESMM_TILE_KB (for tuning): the tile budget in KiB instead of a quarter of L2.
+    if (const char* env = std::getenv("SPARSEKERN_ESMM_TILE_KB")) {
+      const int kb = std::atoi(env);
+      if (kb > 0) return static_cast<int64_t>(kb) << 10;
+    }
 #if defined(_SC_LEVEL2_CACHE_SIZE)
     const long l2 = sysconf(_SC_LEVEL2_CACHE_SIZE);
     if (l2 > 0) return static_cast<int64_t>(l2) / 4;
@@ -61,19 +65,22 @@ struct PackTask {
   int64_t chunk, chunks;
 };
 
-// vals[j] = w[row of j, idx[j]] for the rows [begin, end): one pass over the nonzeros, so the
-// kernels read them in order instead of gathering from the dense weight once per tile of M.
+// vals[j] = w[row of j, idx[j]] for the rows [begin, end) (unless the caller gave them): one pass
+// over the nonzeros, so the kernels read them in order instead of gathering from the dense
+// weight once per tile of M; and, with several chunks, where each chunk begins in each row.
 void pack_task(void* ctx, int64_t begin, int64_t end) {
   const auto& c = *static_cast<const PackTask*>(ctx);
   const StridedMatrix& w = c.p->w;
   for (int64_t r = begin; r < end; ++r) {
-    for (int64_t j = c.p->ptr[r]; c.p->vals == nullptr && j < c.p->ptr[r + 1]; ++j) {
-      const int64_t at = r * w.stride_row + static_cast<int64_t>(c.p->idx[j]) * w.stride_col;
-      if (w.dtype == DType::kFloat32) {
-        c.vals[j] = static_cast<const float*>(w.data)[at];
-      } else {
-        const uint32_t bits = static_cast<uint32_t>(static_cast<const uint16_t*>(w.data)[at]) << 16;
-        __builtin_memcpy(&c.vals[j], &bits, sizeof(float));
+    if (c.p->vals == nullptr) {  // else the caller listed the values: only the splits are wanted
+      for (int64_t j = c.p->ptr[r]; j < c.p->ptr[r + 1]; ++j) {
+        const int64_t at = r * w.stride_row + static_cast<int64_t>(c.p->idx[j]) * w.stride_col;
+        if (w.dtype == DType::kFloat32) {
+          c.vals[j] = static_cast<const float*>(w.data)[at];
+        } else {
+          const uint32_t bits = static_cast<uint32_t>(static_cast<const uint16_t*>(w.data)[at]) << 16;
+          __builtin_memcpy(&c.vals[j], &bits, sizeof(float));
+        }
       }
     }
     if (c.split == nullptr) continue;
@@ -124,7 +131,8 @@ bool esmm_dense_sparse(const ElementDenseSparse& p, ParallelFor parallel_for) {
   const Isa isa = active_isa();
   ElementPlan plan{};
   choose_tiles(isa, p, &plan.mt, &plan.chunk);
-  plan.chunks = (p.w.cols + plan.chunk - 1) / plan.chunk;
+  // At least one chunk: an empty reduction (w.cols == 0) still writes y (the bias, or zeros).
+  plan.chunks = p.w.cols > 0 ? (p.w.cols + plan.chunk - 1) / plan.chunk : 1;
   const int64_t tiles = (p.m + plan.mt - 1) / plan.mt;
   // Enough tiles for every thread: deal them out, one parallel region for the whole product.
   plan.workers = p.threads <= 1 || tiles >= 2 * p.threads ? (p.threads > 1 ? p.threads : 1) : 0;

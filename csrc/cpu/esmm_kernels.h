@@ -3,8 +3,9 @@
 // unit follows: no C++ standard library header, internal linkage but for the entry points).
 //
 // Both products work through M in tiles of MT rows (MT = VL * NV lanes). A tile of the dense
-// operand is transposed once into scratch shared by all threads, so that a row of it holds one
-// column of the operand for MT rows of M: each nonzero of the weight then costs NV vector FMAs
+// operand is transposed once into scratch shared by all threads (copied, when the caller gives the
+// operand already transposed: the weight gradient with a sparse operand, esmm_sparse_operand.h),
+// so that a row of it holds one column of the operand for MT rows of M: each nonzero of the weight then costs NV vector FMAs
 // against one contiguous row, whatever its column. The rows are read in no useful order, so
 // the tile must stay in L2: MT is chosen so that it takes about a quarter of it.
 #include <stdint.h>
@@ -311,7 +312,7 @@ void element_plan(int64_t width, int64_t tile_bytes, int min_nv, int64_t* mt, in
   const int nv = tile_vectors(width, tile_bytes, min_nv);
   const int64_t fits = tile_bytes / (nv * VL * static_cast<int64_t>(sizeof(float))) / VL * VL;
   *mt = static_cast<int64_t>(nv) * VL;
-  *chunk = fits >= width ? width : (fits > VL ? fits : VL);
+  *chunk = fits >= width ? (width > 0 ? width : 1) : (fits > VL ? fits : VL);  // one chunk even of nothing
 }
 
 void element_dense_sparse(const ElementDenseSparse& p, ParallelFor parallel_for, const ElementPlan& plan,

@@ -10,6 +10,9 @@ namespace sparsekern {
 namespace cpu {
 namespace {
 
+// What counts as a nonzero, in every pass (NaN does; -0 does not).
+inline bool nonzero(float v) { return v != 0.f; }
+
 struct StatsTask {
   const float* a;
   int64_t cols, lda;
@@ -23,13 +26,13 @@ void stats_task(void* ctx, int64_t begin, int64_t end) {
   bool finite = true;
   for (int64_t r = begin; r < end; ++r) {
     const float* row = c.a + r * c.lda;
-    int64_t zeros = 0;
+    int64_t count = 0;
     float check = 0.f;  // x - x is 0 for finite x and NaN for Inf and NaN
     for (int64_t j = 0; j < c.cols; ++j) {
-      zeros += row[j] == 0.f;
+      count += nonzero(row[j]);
       check += row[j] - row[j];
     }
-    nnz += c.cols - zeros;
+    nnz += count;
     finite = finite && check == 0.f;
   }
   c.nnz += nnz;
@@ -52,7 +55,7 @@ void count_task(void* ctx, int64_t begin, int64_t end) {
     const int64_t r1 = c.rows < (q + 1) * c.chunk_rows ? c.rows : (q + 1) * c.chunk_rows;
     for (int64_t r = q * c.chunk_rows; r < r1; ++r) {
       const float* row = c.a + r * c.lda;
-      for (int64_t j = 0; j < c.cols; ++j) counts[j] += row[j] != 0.f;
+      for (int64_t j = 0; j < c.cols; ++j) counts[j] += nonzero(row[j]);
     }
   }
 }
@@ -65,7 +68,7 @@ void fill_task(void* ctx, int64_t begin, int64_t end) {
     for (int64_t r = q * c.chunk_rows; r < r1; ++r) {
       const float* row = c.a + r * c.lda;
       for (int64_t j = 0; j < c.cols; ++j) {
-        if (row[j] == 0.f) continue;
+        if (!nonzero(row[j])) continue;
         const int64_t at = next[j]++;
         c.row_idx[at] = static_cast<int32_t>(r);
         c.vals[at] = row[j];
@@ -88,10 +91,10 @@ OperandStats operand_stats(const float* a, int64_t rows, int64_t cols, int64_t l
 // Enough chunks of rows to spread over the threads, few enough that the counts stay small.
 int64_t list_chunks(int64_t rows) { return rows < 16 ? 1 : 16; }
 
-void list_columns(const float* a, int64_t rows, int64_t cols, int64_t lda, int64_t* counts, int64_t* col_ptr,
-                  int32_t* row_idx, float* vals, ParallelFor parallel_for) {
+int64_t count_columns(const float* a, int64_t rows, int64_t cols, int64_t lda, int64_t* counts, int64_t* col_ptr,
+                      ParallelFor parallel_for) {
   const int64_t chunks = list_chunks(rows);
-  ListTask task{a, rows, cols, lda, (rows + chunks - 1) / chunks, counts, row_idx, vals};
+  ListTask task{a, rows, cols, lda, (rows + chunks - 1) / chunks, counts, nullptr, nullptr};
   parallel_for(chunks, count_task, &task);
   // Column j's slots begin at col_ptr[j]; chunk q's part of them after chunks 0..q-1's.
   int64_t total = 0;
@@ -104,6 +107,13 @@ void list_columns(const float* a, int64_t rows, int64_t cols, int64_t lda, int64
     }
   }
   col_ptr[cols] = total;
+  return total;
+}
+
+void fill_columns(const float* a, int64_t rows, int64_t cols, int64_t lda, int64_t* counts, int32_t* row_idx,
+                  float* vals, ParallelFor parallel_for) {
+  const int64_t chunks = list_chunks(rows);
+  ListTask task{a, rows, cols, lda, (rows + chunks - 1) / chunks, counts, row_idx, vals};
   parallel_for(chunks, fill_task, &task);
 }
 

@@ -19,15 +19,18 @@ struct OperandStats {
 };
 OperandStats operand_stats(const float* a, int64_t rows, int64_t cols, int64_t lda, ParallelFor parallel_for);
 
-// The nonzeros of a[rows, cols] column by column: col_ptr[cols + 1] (int64), row_idx[nnz] and
-// vals[nnz] with rows ascending within a column; nnz as operand_stats counts it. counts is
-// scratch of chunks * cols int64, chunks = list_chunks(rows).
+// The nonzeros of a[rows, cols] column by column, in two steps so the caller can allocate in
+// between: count_columns fills col_ptr[cols + 1] (int64) and counts (scratch of
+// list_chunks(rows) * cols int64, kept for the fill) and returns nnz; fill_columns then writes
+// row_idx[nnz] and vals[nnz], rows ascending within a column.
 int64_t list_chunks(int64_t rows);
-void list_columns(const float* a, int64_t rows, int64_t cols, int64_t lda, int64_t* counts, int64_t* col_ptr,
-                  int32_t* row_idx, float* vals, ParallelFor parallel_for);
+int64_t count_columns(const float* a, int64_t rows, int64_t cols, int64_t lda, int64_t* counts, int64_t* col_ptr,
+                      ParallelFor parallel_for);
+void fill_columns(const float* a, int64_t rows, int64_t cols, int64_t lda, int64_t* counts, int32_t* row_idx,
+                  float* vals, ParallelFor parallel_for);
 
 // dw[n, k] = sum_m dy[m, n] x[m, k] (fp32, rows contiguous; dw's leading dimension k), walking
-// the nonzeros of one side listed by list_columns: sparse_input (x's columns: col_ptr[k + 1])
+// the nonzeros of one side listed by count_columns and fill_columns: sparse_input (x's columns: col_ptr[k + 1])
 // or not (dy's columns: col_ptr[n + 1]). Every element of dw is written. False when scratch
 // could not be allocated (nothing written then).
 struct SparseOperandGradWeight {

@@ -35,6 +35,8 @@ from torch import nn
 
 import sparsekern
 
+from .machine import describe, headline
+
 PHASES = ("forward", "backward", "weight_grad", "optimizer", "projection", "step")
 
 
@@ -45,10 +47,18 @@ def torch_abs_topk(x: torch.Tensor, k: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def torch_project_(weight: torch.Tensor, k: int) -> None:
-    """The published projection: keep the ``k`` largest magnitudes of the flattened weight."""
+def torch_project_(weight: torch.Tensor, k: int, stable: bool = False) -> None:
+    """The published projection: keep the ``k`` largest magnitudes of the flattened weight.
+
+    ``torch.topk`` keeps any of equal magnitudes; ``stable=True`` keeps the lowest indices (a
+    stable sort, sparsekern's rule) so that a comparison does not hinge on ties. AdamW's first
+    step moves every pruned weight by about ``lr``, so ties at the threshold are common."""
     keep = torch.zeros(weight.numel(), dtype=torch.bool)
-    keep[weight.abs().flatten().topk(k).indices] = True
+    magnitude = weight.abs().flatten()
+    if stable:
+        keep[torch.sort(magnitude, descending=True, stable=True).indices[:k]] = True
+    else:
+        keep[magnitude.topk(k).indices] = True
     weight.masked_fill_(~keep.view_as(weight), 0)
 
 
@@ -73,8 +83,10 @@ class Block:
         return [self.fc1.weight, self.fc2.weight]
 
 
-def build(d_model: int = 2048, d_hidden: int = 8192, density: float = 1 / 64, seed: int = 0):
-    """The two implementations, from the same weights and layouts."""
+def build(d_model: int = 2048, d_hidden: int = 8192, density: float = 1 / 64, seed: int = 0,
+          stable_ties: bool = False):
+    """The two implementations, from the same weights and layouts (``stable_ties``: see
+    ``torch_project_``)."""
     torch.manual_seed(seed)
     ours1 = sparsekern.SparseLinear(d_model, d_hidden, density=density, format="auto", dense_grad=True)
     ours2 = sparsekern.SparseLinear(d_hidden, d_model, density=density, format="auto", dense_grad=True)
@@ -96,7 +108,7 @@ def build(d_model: int = 2048, d_hidden: int = 8192, density: float = 1 / 64, se
 
     def pub_project():
         for w, k in zip((pub1.weight, pub2.weight), counts):
-            torch_project_(w, k)
+            torch_project_(w, k, stable_ties)
 
     ours = Block("sparsekern", ours1, ours2, sparsekern.abs_topk, ours_opt, projector.step)
     published = Block("published", pub1, pub2, torch_abs_topk, pub_opt, pub_project)
@@ -152,8 +164,9 @@ def step(block: Block, x: torch.Tensor, k_in: int, k_hidden: int, times: dict | 
 
 def check_equal(tokens: int, d_model: int, d_hidden: int, density: float, steps: int = 3, seed: int = 0) -> dict:
     """Run ``steps`` steps of both from the same start; the largest weight difference, relative to
-    the largest weight, and whether the kept entries are the same."""
-    ours, published = build(d_model, d_hidden, density, seed)
+    the largest weight, and whether the kept entries are the same. The published projection
+    breaks ties as sparsekern does here (``torch.topk``'s order among ties is unspecified)."""
+    ours, published = build(d_model, d_hidden, density, seed, stable_ties=True)
     gen = torch.Generator().manual_seed(seed + 1)
     k_in, k_hidden = d_model // 4, d_hidden // 4
     for _ in range(steps):
@@ -182,6 +195,7 @@ def run(tokens: int = 2048, d_model: int = 2048, d_hidden: int = 8192, density: 
             step(block, x, k_in, k_hidden, times[block.name] if i >= warmup else None)
     medians = {name: {p: statistics.median(t[p]) for p in PHASES} for name, t in times.items()}
     return {
+        "machine": describe(torch.device("cpu")),
         "shape": {"tokens": tokens, "d_model": d_model, "d_hidden": d_hidden, "density": density},
         "threads": torch.get_num_threads(),
         "seconds": medians,
@@ -216,6 +230,7 @@ def main(argv=None) -> int:
           f"(relative to the largest), same nonzeros: {check['same_nonzeros']}")
     result = run(args.tokens, args.d_model, args.d_hidden, args.density, args.steps, args.warmup)
     result["check"] = check
+    print(headline(result["machine"]), f"(load average at the start: {result['machine']['load_average']})")
     print(f"MLP block step, {args.tokens} tokens, {args.d_model} -> {args.d_hidden} -> {args.d_model}, "
           f"density {args.density:g}, {result['threads']} threads, median of {args.steps} interleaved steps")
     print(format_table(result))

@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .._extension import extension
+from ._extension import extension
 
 SIDES = ("dense", "input", "grad_out")
 
@@ -78,7 +78,10 @@ def _rows(t: Tensor) -> Tensor:
 def grad_weight(grad_out: Tensor, x: Tensor, side: str | None = None) -> Tensor:
     """``grad_out.T @ x`` (``[M, N]``, ``[M, K]`` -> ``[N, K]``), walking the nonzeros of ``side``
     (``"input"``: x, ``"grad_out"``, ``"dense"``: neither); ``None`` chooses (``choose_side``).
-    A forced sparse side needs what the CPU kernel needs (fp32 CPU tensors, the extension)."""
+    A forced sparse side needs what the CPU kernel needs (fp32 CPU tensors, the extension) and
+    skips that side's zeros whatever the other side holds: where the other side has an Inf or
+    NaN, the NaNs of ``0 * inf`` that the dense product has are not produced (``None`` never
+    walks a side then)."""
     if side is None:
         side = choose_side(grad_out, x)
     elif side not in SIDES:
