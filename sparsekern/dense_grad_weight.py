@@ -59,7 +59,11 @@ def choose_side(grad_out: Tensor, x: Tensor) -> str:
     """``"input"``, ``"grad_out"`` (the side walked sparsely) or ``"dense"``, for these operands."""
     if not _walkable(grad_out, x):
         return "dense"
-    grad_out, x = _rows(grad_out), _rows(x)
+    return _choose(_rows(grad_out), _rows(x))
+
+
+def _choose(grad_out: Tensor, x: Tensor) -> str:
+    """``choose_side`` for walkable operands with contiguous rows: one pass over each."""
     ext = extension()
     nnz_x, finite_x = ext.operand_stats_cpu(x)
     nnz_g, finite_g = ext.operand_stats_cpu(grad_out)
@@ -72,6 +76,7 @@ def choose_side(grad_out: Tensor, x: Tensor) -> str:
 
 
 def _rows(t: Tensor) -> Tensor:
+    """The kernel reads rows: a copy only when they are not contiguous."""
     return t if t.shape[1] <= 1 or t.stride(1) == 1 else t.contiguous()
 
 
@@ -82,15 +87,18 @@ def grad_weight(grad_out: Tensor, x: Tensor, side: str | None = None) -> Tensor:
     skips that side's zeros whatever the other side holds: where the other side has an Inf or
     NaN, the NaNs of ``0 * inf`` that the dense product has are not produced (``None`` never
     walks a side then)."""
-    if side is None:
-        side = choose_side(grad_out, x)
-    elif side not in SIDES:
+    if side is not None and side not in SIDES:
         raise ValueError(f"side must be one of {SIDES} or None, got {side!r}")
+    if side is None:
+        if not _walkable(grad_out, x):
+            return grad_out.t() @ x
+        grad_out, x = _rows(grad_out), _rows(x)  # once, for the measurement and the product
+        side = _choose(grad_out, x)
     if side == "dense":
         return grad_out.t() @ x
     ext = extension()
     if ext is None or not hasattr(ext, "esmm_sparse_operand_grad_weight_cpu"):
-        raise RuntimeError("side=%r needs the compiled extension sparsekern._C" % side)
+        raise RuntimeError(f"side={side!r} needs the compiled extension sparsekern._C")
     return ext.esmm_sparse_operand_grad_weight_cpu(_rows(grad_out), _rows(x), side == "input")
 
 

@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 
@@ -198,7 +196,7 @@ def test_sparse_linear_dense_grad_uses_it_and_matches_dense():
     assert (layer.weight.grad != 0).float().mean() > 0.5  # dense: pruned entries get gradients
 
 
-def test_operator_and_compile():
+def test_operator_opcheck():
     g = torch.Generator().manual_seed(2)
     grad_out = sparse_rows(64, 32, 0.3, g)
     x = sparse_rows(64, 16, 0.3, g)
@@ -227,7 +225,7 @@ def test_operand_stats():
     assert extension().operand_stats_cpu(t) == (3, False)
     assert extension().operand_stats_cpu(torch.ones(5, 7)) == (35, True)
     assert extension().operand_stats_cpu(torch.tensor([[float("-inf"), 1.0]])) == (2, False)
-    assert math.isclose(extension().operand_stats_cpu(torch.zeros(0, 4))[0], 0)
+    assert extension().operand_stats_cpu(torch.zeros(0, 4)) == (0, True)
 
 
 def test_element_forward_with_no_reduction_writes_the_bias():

@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from .._extension import extension
-
 from . import ops
-from .backends import select
+from .backends import get_backend, select
 
 
 def check_abs_topk_args(x, k, backend=None) -> None:
@@ -45,22 +43,17 @@ class AbsTopKFunction(torch.autograd.Function):
         _, kept = output
         ctx.save_for_backward(kept)
         ctx.mark_non_differentiable(kept)
+        ctx.backend = inputs[2]
 
     @staticmethod
     def backward(ctx, grad_values, grad_kept):
         (kept,) = ctx.saved_tensors
-        if _fused_backward(grad_values, kept):
-            return extension().abs_topk_backward_cpu(grad_values, kept), None, None
+        # A backend may have a faster pass of its own (the contract's optional ``backward``);
+        # not when the backward must itself be differentiable (create_graph) or traced.
+        fused = getattr(get_backend(ctx.backend), "backward", None)
+        if fused is not None and not torch.is_grad_enabled() and not torch.compiler.is_compiling():
+            return fused(grad_values, kept), None, None
         return torch.where(kept, grad_values, 0), None, None
-
-
-def _fused_backward(grad, kept) -> bool:
-    """Whether the backward can be the CPU extension's one pass (the same values as the
-    ``torch.where``, without its fresh allocation's page faults). Not when it must itself be
-    differentiable (``create_graph``) or traced (``torch.compile``)."""
-    return (kept.device.type == "cpu" and grad.device.type == "cpu" and not torch.is_grad_enabled()
-            and not torch.compiler.is_compiling() and grad.is_contiguous() and grad.shape == kept.shape
-            and extension() is not None and hasattr(extension(), "abs_topk_backward_cpu"))
 
 
 def _choose_backend(name, device, dtype) -> str:

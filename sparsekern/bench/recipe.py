@@ -92,10 +92,10 @@ def build(d_model: int = 2048, d_hidden: int = 8192, density: float = 1 / 64, se
     ours2 = sparsekern.SparseLinear(d_hidden, d_model, density=density, format="auto", dense_grad=True)
     # SparseLinear(format="auto") starts with a block layout; the recipe projects entries, so both
     # implementations begin from the element projection of those weights.
+    for layer in (ours1, ours2):
+        layer.project_(density, granularity="element")
     model = nn.Sequential(ours1, ours2)
     projector = sparsekern.Projector(model, lambda step: density, granularity="element")
-    projector.step()
-    projector.steps = 0
     pub1 = nn.Linear(d_model, d_hidden)
     pub2 = nn.Linear(d_hidden, d_model)
     with torch.no_grad():

@@ -14,6 +14,8 @@ to; block sides do not apply):
     ``values`` (x2d's dtype) holds x2d's kept entries bit for bit and +0 everywhere else. Both
     are new tensors on x2d's device (never x2d itself, even for ``k == n``), every entry
     written. ``reference.py`` is the oracle: a backend's outputs must equal its exactly.
+``backward(grad[rows, n], kept) -> grad where kept, +0 elsewhere`` (optional; else ``torch.where``)
+    A faster pass for the first-order backward, bit for bit ``torch.where``'s result.
 """
 
 from ...backend import ENV_VAR, Registry

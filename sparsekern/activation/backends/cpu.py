@@ -26,3 +26,9 @@ class AbsTopKCpuBackend(Backend):
         # so an entry the kernel does not write shows.
         kept = None if values is None else torch.ones(x2d.shape, dtype=torch.bool)
         return extension().abs_topk_cpu(x2d, k, values, kept)
+
+    def backward(self, grad, kept):
+        # One pass into an output on huge pages: torch.where's fresh buffer pays its page faults.
+        if not grad.is_contiguous() or grad.shape != kept.shape:
+            return torch.where(kept, grad, 0)
+        return extension().abs_topk_backward_cpu(grad, kept)
