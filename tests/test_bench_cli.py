@@ -399,3 +399,20 @@ def test_smoke_sweep_on_gpu(tmp_path):
     for r in data["rows"]:
         if r["kind"] in ("dense", "sparsekern", "baseline"):
             assert r["status"] == "ok" and r["verified"] is True and r["time_ms"] > 0, r
+
+
+def test_projection_check_accepts_either_choice_among_ties():
+    # torch.topk keeps any of the entries tied at the k-th magnitude, sparsekern the lowest
+    # indices: the check accepts either there (without the tie rule this check fails).
+    import sparsekern
+    from sparsekern.bench import projection
+    from sparsekern.bench.cases import ELEMENT, Case, Shape
+
+    case = Case("projection", Shape(1, 64, 64), ELEMENT, 0.25, "fp32")
+    original = torch.randint(-3, 4, (64, 64), generator=torch.Generator().manual_seed(0)).float()
+    ours, torch_way = original.clone(), original.clone()
+    sparsekern.topk_project_(ours, 1024)
+    projection.torch_topk_(torch_way, 1024, "element", ELEMENT)
+    assert not torch.equal(ours, torch_way)  # the two do choose differently among the ties
+    for name, kind, fn, setup, check in projection.callables(case, torch.device("cpu"), ["cpu"], 0, original):
+        assert projection.probe(check) == 0.0, name
