@@ -6,6 +6,7 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
+EXTRAS := test,bench,triton
 SOURCES := $(shell find csrc sparsekern -name '*.cpp' -o -name '*.cu' -o -name '*.h' -o -name '*.cuh' 2>/dev/null)
 
 .PHONY: test bench bench-peers bench-recipe demo install clean gpu-check gpu-versions
@@ -18,8 +19,10 @@ $(VENV)/.deps: requirements-dev.txt | $(PY)
 	$(PY) -m pip install --quiet -r requirements-dev.txt
 	touch $@
 
+# The package, built against .venv's torch (no isolation), with its extras: pyproject.toml is the one
+# list of the test and bench packages (requirements-dev.txt: the torch pin and the build tools).
 $(VENV)/.installed: $(VENV)/.deps setup.py pyproject.toml $(SOURCES)
-	MAX_JOBS=$${MAX_JOBS:-2} $(PY) -m pip install --quiet --no-build-isolation --no-deps -e .
+	MAX_JOBS=$${MAX_JOBS:-2} $(PY) -m pip install --quiet --no-build-isolation -e ".[$(EXTRAS)]"
 	touch $@
 
 install: $(VENV)/.installed

@@ -798,8 +798,8 @@ def save_checkpoint(model: nn.Module, cfg: Config, out: Path) -> None:
 
 
 def load_checkpoint(out: Path) -> nn.Module:
-    """The sparsekern model saved in ``out``: SparseLinear layers whose layouts come from the
-    loaded weights (``load_state_dict`` refreshes them), the AbsTopK sites of its config."""
+    """The sparsekern model saved in ``out``: SparseLinear layers with the saved layouts (each
+    layer's ``layout_mask`` in the state_dict), the AbsTopK sites of its config."""
     out = Path(out)
     meta = json.loads((out / CHECKPOINT_CONFIG).read_text())
     model = build_model(meta["model"], kind="sparsekern")

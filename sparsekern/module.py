@@ -2,28 +2,64 @@
 
 from __future__ import annotations
 
+import math
+import warnings
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .dense import MaskLayout, masked_dense_linear
 from .element import ElementLayout
 from .formats import FORMATS, check_format, choose_format, entry_count, layout_for, whole_blocks  # noqa: F401
-from .block.layout import BlockLayout, block_grid, check_density, count_for_density, normalize_block_size
+from .block.layout import (BlockLayout, block_grid, blockwise_any, check_density, count_for_density,
+                           expand_block_mask, normalize_block_size)
 from .linear import sparse_linear
 from .projection.reference import block_norms, top_blocks  # noqa: F401  (re-exported)
-from .projection.topk_project import prepare_projection
+from .projection.topk_project import GRANULARITIES, prepare_projection
+
+#: The state_dict entry (after the layer's prefix) holding the layout, as ``pack_mask`` bits.
+LAYOUT_MASK = "layout_mask"
+_BIT_VALUES = (1, 2, 4, 8, 16, 32, 64, 128)
 
 
-def _refresh_layout_after_load(module, incompatible_keys) -> None:
-    module.refresh_layout()
+def pack_mask(mask: torch.Tensor) -> torch.Tensor:
+    """bool ``[rows, cols]`` -> uint8 ``[rows, ceil(cols / 8)]``: entry ``(r, 8 * b + j)`` is bit ``j``
+    of byte ``(r, b)`` (little-endian along a row; the padding bits are 0). Any device."""
+    rows, cols = mask.shape
+    padded = torch.zeros((rows, math.ceil(cols / 8) * 8), dtype=torch.uint8, device=mask.device)
+    padded[:, :cols] = mask
+    bits = torch.tensor(_BIT_VALUES, dtype=torch.uint8, device=mask.device)
+    return (padded.view(rows, -1, 8) * bits).sum(-1, dtype=torch.uint8)
+
+
+def unpack_mask(packed: torch.Tensor, cols: int) -> torch.Tensor:
+    """The inverse of ``pack_mask``: the bool ``[rows, cols]`` mask (padding bits ignored)."""
+    bits = torch.tensor(_BIT_VALUES, dtype=torch.uint8, device=packed.device)
+    return ((packed.unsqueeze(-1) & bits) != 0).view(packed.shape[0], -1)[:, :cols].contiguous()
+
+
+def _is_conv1d(layer) -> bool:
+    """Hugging Face's ``Conv1D`` (``transformers.pytorch_utils``), recognised without importing
+    transformers: ``y = x @ weight + bias``, ``weight`` ``[in_features, nf]``."""
+    weight = getattr(layer, "weight", None)
+    return (type(layer).__name__ == "Conv1D" and isinstance(layer, nn.Module) and hasattr(layer, "nf")
+            and isinstance(weight, torch.Tensor) and weight.dim() == 2 and weight.shape[1] == layer.nf)
+
+
+def _check_bool(value, name: str) -> bool:
+    # A string such as "no" is truthy: accepting it would silently turn the option on.
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {value!r}")
+    return value
 
 
 class SparseLinear(nn.Module):
     """``nn.Linear`` with a sparse weight.
 
-    The same ``weight`` and ``bias`` parameters, shapes, ``state_dict`` keys and
-    initialisation as ``nn.Linear``; a random layout of ``density`` drawn from torch's RNG at
-    construction, the weight zeroed outside it: with ``format="element"`` an
+    The same ``weight`` and ``bias`` parameters, shapes and initialisation as ``nn.Linear``;
+    a random layout of ``density`` drawn from torch's RNG at construction (and by
+    ``reset_parameters``), the weight zeroed outside it: with ``format="element"`` an
     ``ElementLayout``, ``density`` the fraction of entries; otherwise a ``BlockLayout``,
     ``density`` the fraction of active blocks.
 
@@ -34,14 +70,28 @@ class SparseLinear(nn.Module):
     move to another device or dtype); ``"dense"``, ``"block"`` or ``"element"`` hold from
     construction on. ``.format`` is what runs now; ``.layout`` its layout (a ``BlockLayout``
     or an ``ElementLayout``; the dense format keeps the layout whose mask it applies);
-    every format computes the same function. Loading a state_dict refreshes the layout from
-    the loaded weight's nonzeros.
+    every format computes the same function.
+
+    ``state_dict``: nn.Linear's ``weight`` and ``bias`` (the weight as it is, nonzeros outside
+    the layout included) plus ``layout_mask``, the layout's entries as bits (``pack_mask``:
+    uint8 ``[out_features, ceil(in_features / 8)]``). Loading one restores exactly that layout,
+    so a resumed run computes the same function; a state_dict without it (a dense
+    ``nn.Linear``'s) gets the layout of its weight's nonzeros (block format: the blocks holding
+    any). A bad entry raises naming its key, with the layer left as it was.
+
+    Deferred initialisation works as for ``nn.Linear``: built on the meta device (``device=
+    "meta"`` or under ``torch.device("meta")``), the layer keeps its layout on the CPU and
+    its forward gives the output's shape; ``to_empty()`` then ``reset_parameters()`` or
+    ``load_state_dict`` give it values.
     """
 
     #: The formats a layer can be asked for.
     FORMATS = FORMATS
     #: What ``project_`` keeps by default: single entries ("element") or whole blocks ("block").
     granularity: str = "element"
+    #: True for a layer converted from a Hugging Face ``Conv1D``: its ``state_dict`` holds the
+    #: weight as Conv1D does, ``[in_features, out_features]`` (the layer itself keeps ``[out, in]``).
+    checkpoint_transposed: bool = False
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
                  density: float = 0.0625, block_size=32, dense_grad: bool = False, format: str = "auto",
@@ -54,17 +104,7 @@ class SparseLinear(nn.Module):
             self.bias = nn.Parameter(torch.empty(out_features, **factory))
         else:
             self.register_parameter("bias", None)
-        nn.Linear.reset_parameters(self)  # nn.Linear's own initialisation, draw for draw
-        # A meta module (deferred initialisation) keeps its layout on the CPU until to_empty().
-        layout_device = "cpu" if self.weight.is_meta else self.weight.device
-        shape = (out_features, in_features)
-        if self.requested_format == "element":
-            layout = ElementLayout.random(shape, self.density, device=layout_device)
-        else:
-            layout = BlockLayout.random(shape, self.block_size, self.density, device=layout_device)
-        with torch.no_grad():
-            self.weight.masked_fill_(~layout.to_mask().to(self.weight.device), 0)
-        self._adopt(layout)
+        self.reset_parameters()
 
     def _configure(self, in_features, out_features, density, block_size, dense_grad, format="auto"):
         #: What the user asked for: "auto", "dense", "block" or "element".
@@ -73,11 +113,26 @@ class SparseLinear(nn.Module):
         self.out_features = out_features
         self.density = check_density(density)
         self.block_size = normalize_block_size(block_size)
-        self.dense_grad = bool(dense_grad)
-        # A loaded state_dict (a dense nn.Linear's included) brings its own sparsity.
-        self.register_load_state_dict_post_hook(_refresh_layout_after_load)
+        self.dense_grad = _check_bool(dense_grad, "dense_grad")
+
+    def reset_parameters(self) -> None:
+        """``nn.Linear``'s initialisation, draw for draw, then a new random layout at ``density``
+        (drawn on the CPU) with the weight zeroed outside it: what the constructor does."""
+        nn.Linear.reset_parameters(self)
+        layout = self._random_layout()
+        with torch.no_grad():
+            self.weight.masked_fill_(~layout.to_mask().to(self.weight.device), 0)
+        self._adopt(layout)
+
+    def _random_layout(self):
+        shape, device = (self.out_features, self.in_features), self._layout_device()
+        if self.requested_format == "element":
+            return ElementLayout.random(shape, self.density, device=device)
+        return BlockLayout.random(shape, self.block_size, self.density, device=device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.weight.is_meta:  # deferred initialisation: no values, only the output's shape
+            return F.linear(x, self.weight, self.bias)
         if self.format == "dense":
             return masked_dense_linear(x, self.weight, self._layout, self.bias, mask=self._dense_mask,
                                        dense_weight_grad=self.dense_grad)
@@ -92,32 +147,50 @@ class SparseLinear(nn.Module):
             self._layout = self._sparsity = ElementLayout.from_mask(self._layout.mask)
         return self._layout
 
+    def _layout_device(self) -> torch.device:
+        # A meta layer (deferred initialisation) keeps its layout on the CPU until to_empty().
+        return torch.device("cpu") if self.weight.is_meta else self.weight.device
+
+    def _check_materialised(self, action: str) -> None:
+        if self.weight.is_meta:
+            raise ValueError(f"weight is on the meta device, with no values to {action}: materialise the layer "
+                             "first (to_empty() then reset_parameters(), or load_state_dict)")
+
+    def _mask(self) -> torch.Tensor:
+        """The layout's entries, bool ``[out_features, in_features]`` on the layout's device."""
+        return self._dense_mask if self._dense_mask is not None else self._layout.to_mask()
+
     def _adopt(self, sparsity, whole=None) -> None:
         """Make ``sparsity`` (a ``BlockLayout``, an ``ElementLayout``, or a ``MaskLayout`` when
         no index was built) the layer's function and choose the format that runs it.
         ``whole``: for entries, the ``BlockLayout`` of exactly them when they are whole blocks
         (then the block kernels are a candidate too)."""
-        device = "cpu" if self.weight.is_meta else self.weight.device
         if self.requested_format == "auto":
-            self.format = choose_format(sparsity, device, self.weight.dtype, blocks=whole)
+            self.format = choose_format(sparsity, self._layout_device(), self.weight.dtype, blocks=whole)
         else:
             self.format = self.requested_format
         self._sparsity, self._whole_blocks = sparsity, whole
         self._layout = layout_for(self.format, sparsity, blocks=whole)
         self._dense_mask = self._layout.to_mask() if self.format == "dense" else None
 
+    def _adopt_mask(self, mask: torch.Tensor) -> None:
+        """Adopt the entries of the bool ``mask`` (block format: the blocks holding any)."""
+        shape = (self.out_features, self.in_features)
+        if self.requested_format == "block":
+            self._adopt(BlockLayout(blockwise_any(mask, self.block_size), self.block_size, shape))
+            return
+        entries = ElementLayout(mask)
+        whole = None
+        if self.requested_format == "auto" and entries.nnz:
+            blocks = BlockLayout(blockwise_any(mask, self.block_size), self.block_size, shape)
+            whole = blocks if entry_count(blocks) == entries.nnz else None
+        self._adopt(entries, whole)
+
     def refresh_layout(self):
         """Recompute the layout from the weight's nonzeros (block format: the blocks holding any)
         and, with ``format="auto"``, choose the format again."""
-        if self.requested_format == "block":
-            self._adopt(BlockLayout.from_weight(self.weight, self.block_size))
-            return self.layout
-        entries = ElementLayout.from_weight(self.weight)
-        whole = None
-        if self.requested_format == "auto" and entries.nnz:
-            blocks = BlockLayout.from_weight(self.weight, self.block_size)
-            whole = blocks if entry_count(blocks) == entries.nnz else None
-        self._adopt(entries, whole)
+        self._check_materialised("refresh the layout from")
+        self._adopt_mask(self.weight.detach() != 0)
         return self.layout
 
     def project_(self, density: float | None = None, *, granularity: str | None = None, min_per_row: int = 0,
@@ -126,7 +199,7 @@ class SparseLinear(nn.Module):
         rebuild the layout from what is left, in the same pass.
 
         ``k = count_for_density(density, n)``, ``n`` entries (``granularity="element"``) or
-        blocks of ``block_size`` (``"block"``). Defaults: ``self.density`` and
+        blocks of ``block_size`` (``"block"``). Defaults (for None): ``self.density`` and
         ``self.granularity``. ``min_per_row`` floors every output row (neuron), in entries
         (blocks). Returns the ``sparsekern.ProjectionResult``; see ``sparsekern.topk_project_``.
         """
@@ -137,7 +210,11 @@ class SparseLinear(nn.Module):
                         min_per_row: int = 0, backend: str | None = None):
         """The first half of ``project_``: checks and plans, writes nothing (a bad argument
         raises here with the weight untouched). ``apply_projection`` carries it out."""
-        granularity = granularity or self.granularity
+        granularity = self.granularity if granularity is None else granularity
+        if granularity not in GRANULARITIES:
+            raise ValueError(f"granularity must be one of {GRANULARITIES} (or None: {self.granularity!r}), "
+                             f"got {granularity!r}")
+        self._check_materialised("project")
         k = self._projection_k(density, granularity)
         return prepare_projection(
             self.weight, k, granularity=granularity,
@@ -174,7 +251,17 @@ class SparseLinear(nn.Module):
     def apply_projection(self, plan):
         """The second half of ``project_``: writes the weight and rebuilds the layout from the
         projection's own pass (its per-block counts, or the element index it listed while
-        writing), then, with ``format="auto"``, chooses the format again."""
+        writing), then, with ``format="auto"``, chooses the format again. ``plan`` must come
+        from this layer's ``plan_projection`` (a plan for another weight raises, writing nothing)."""
+        planned = getattr(plan, "weight", None)
+        if not isinstance(planned, torch.Tensor) or not callable(getattr(plan, "apply", None)):
+            raise TypeError(f"plan must come from plan_projection, got {type(plan).__name__}")
+        weight = self.weight
+        if not (planned.data_ptr() == weight.data_ptr() and planned.shape == weight.shape
+                and planned.stride() == weight.stride() and planned.dtype == weight.dtype
+                and planned.device == weight.device):
+            raise ValueError("plan was prepared for another weight than this layer's: make it with this "
+                             "layer's plan_projection")
         result = plan.apply()
         shape = (self.out_features, self.in_features)
         if self._sparsity_of(plan.granularity) == "element":
@@ -198,45 +285,146 @@ class SparseLinear(nn.Module):
             self._adopt(self._sparsity.to(device), whole)
         return self
 
+    # ------------------------------------------------------------- checkpoints
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        if self.checkpoint_transposed:  # Conv1D's orientation: a plain Conv1D model loads it
+            destination[prefix + "weight"] = destination[prefix + "weight"].t().contiguous()
+        destination[prefix + LAYOUT_MASK] = pack_mask(self._mask())
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        errors = self._checkpoint_errors(state_dict, prefix)
+        if errors:  # reported before anything is written: the layer stays as it was
+            error_msgs.extend(errors)
+            return
+        weight_key, mask_key = prefix + "weight", prefix + LAYOUT_MASK
+        if self.checkpoint_transposed and weight_key in state_dict:
+            state_dict = {**state_dict, weight_key: state_dict[weight_key].t().contiguous()}
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+        if mask_key in unexpected_keys:  # ours, not a parameter: nn.Module does not know it
+            unexpected_keys.remove(mask_key)
+        if mask_key in state_dict:
+            self._load_layout(state_dict[mask_key], mask_key)
+        elif weight_key in state_dict and not self.weight.is_meta:  # nn.Linear's: its nonzeros are the layout
+            self.refresh_layout()
+
+    def _checkpoint_errors(self, state_dict, prefix) -> list[str]:
+        """What in ``state_dict`` would fail to load into this layer, found before anything is written."""
+        out_features, in_features = self.out_features, self.in_features
+        expected = {"weight": ((in_features, out_features) if self.checkpoint_transposed
+                               else (out_features, in_features), None),
+                    LAYOUT_MASK: ((out_features, math.ceil(in_features / 8)), torch.uint8)}
+        if self.bias is not None:
+            expected["bias"] = ((out_features,), None)
+        errors = []
+        for name, (shape, dtype) in expected.items():
+            key = prefix + name
+            if key not in state_dict:
+                continue
+            value = state_dict[key]
+            is_tensor = isinstance(value, torch.Tensor)
+            if is_tensor and tuple(value.shape) == shape and (dtype is None or value.dtype == dtype):
+                continue
+            problem = "size mismatch" if is_tensor and tuple(value.shape) != shape else "wrong type"
+            got = f"{value.dtype} of shape {tuple(value.shape)}" if is_tensor else repr(value)
+            errors.append(f"{problem} for {key}: {type(self).__name__}(in_features={in_features}, "
+                          f"out_features={out_features}) expects {dtype or 'a tensor'} of shape {shape}, got {got}")
+        return errors
+
+    def _load_layout(self, packed: torch.Tensor, key: str) -> None:
+        mask = unpack_mask(packed.to(self._layout_device()), self.in_features)
+        if self.requested_format == "block" and not self.weight.is_meta:
+            covered = expand_block_mask(blockwise_any(mask, self.block_size), self.block_size, mask.shape)
+            if bool((covered & ~mask & (self.weight.detach() != 0).to(mask.device)).any()):
+                warnings.warn(f"{key} is not whole blocks of {self.block_size}: the block format runs the blocks "
+                              "holding any of its entries, and the weight is nonzero in them outside the saved "
+                              "layout, so the layer computes another function than the saved one (load it into "
+                              "a layer with format='element' or 'auto' to keep it)")
+        self._adopt_mask(mask)
+
     # ------------------------------------------------------------- conversion
     @classmethod
-    def from_dense(cls, linear: nn.Linear, *, density: float, block_size=32,
-                   dense_grad: bool = False, format: str = "auto") -> "SparseLinear":
-        """Keep the blocks of ``linear.weight`` of largest L2 norm (ties: lowest row-major index),
-        or with ``format="element"`` its entries of largest magnitude (the projection's rule);
-        ``format`` as in the constructor."""
-        if not isinstance(linear, nn.Linear):
-            raise TypeError(f"linear must be an nn.Linear, got {type(linear).__name__}")
-        density = check_density(density)
-        block_size = normalize_block_size(block_size)
+    def from_dense(cls, linear: nn.Module, *, density: float | None, block_size=32, dense_grad: bool = False,
+                   format: str = "auto", share_parameters: bool = False) -> "SparseLinear":
+        """A ``SparseLinear`` computing ``linear`` restricted to a layout; ``linear`` is an
+        ``nn.Linear`` (or a subclass) or a Hugging Face ``Conv1D`` (recognised by its class name
+        and ``nf``; its ``[in, out]`` weight is stored ``[out, in]`` like every SparseLinear's,
+        and ``checkpoint_transposed`` keeps its state_dict in Conv1D's orientation).
+
+        ``density``: keep the blocks of largest L2 norm (ties: lowest row-major index), or with
+        ``format="element"`` the entries of largest magnitude (the projection's rule); ``None``
+        keeps the sparsity the weight already has (the layout is its nonzeros; block format: the
+        blocks holding any) and sets ``density`` to the layout's measured density. ``format``
+        as in the constructor. ``requires_grad`` of weight and bias is kept.
+
+        ``share_parameters=True``: the layer holds ``linear``'s own Parameters (the weight zeroed
+        outside the layout, in place), so what they are tied to stays tied and an optimizer built
+        before still updates them; not possible for a ``Conv1D``. Default: new Parameters,
+        ``linear`` untouched. A weight with NaN or Inf raises ValueError.
+
+        A meta ``linear`` (deferred initialisation) gives a meta layer with a random layout at
+        ``density`` (1 when None), as the constructor's on meta: ``to_empty()`` then
+        ``reset_parameters()`` or ``load_state_dict`` give it values.
+        """
+        transposed = _is_conv1d(linear)
+        if not (transposed or isinstance(linear, nn.Linear)):
+            raise TypeError(f"linear must be an nn.Linear (or a subclass) or a Hugging Face Conv1D, "
+                            f"got {type(linear).__name__}")
+        density = None if density is None else check_density(density)
         check_format(format)
-        weight = linear.weight
-        if format == "element":
-            kept = weight.detach().clone()
+        _check_bool(share_parameters, "share_parameters")
+        if share_parameters and transposed:
+            raise ValueError("share_parameters=True is not possible for a Conv1D: its weight is [in, out], a "
+                             "SparseLinear's [out, in]; convert it with share_parameters=False")
+        weight = linear.weight.detach()
+        weight = weight.t() if transposed else weight
+        if not weight.is_meta and not bool(torch.isfinite(weight).all()):
+            raise ValueError(f"linear ({type(linear).__name__}) has a weight holding NaN or Inf: no layout can "
+                             "be chosen from it")
+        out_features, in_features = weight.shape
+        module = cls.__new__(cls)
+        nn.Module.__init__(module)
+        module._configure(in_features, out_features, 1.0 if density is None else density, block_size,
+                          dense_grad, format)
+        module.checkpoint_transposed = transposed
+        if share_parameters:
+            module.weight = linear.weight
+            module.register_parameter("bias", linear.bias)
+        else:
+            module.weight = nn.Parameter(weight.clone(memory_format=torch.contiguous_format),
+                                         requires_grad=linear.weight.requires_grad)
+            bias = linear.bias
+            module.register_parameter("bias", None if bias is None else nn.Parameter(
+                bias.detach().clone(), requires_grad=bias.requires_grad))
+        block_size = module.block_size
+        if weight.is_meta:  # no values to choose from: the constructor's layout on meta
+            module._adopt(module._random_layout())
+            return module
+        if density is None:
+            module._adopt_mask(weight != 0)
+            module.density = module._sparsity.density
+        elif format == "element":
+            kept = module.weight.detach().clone()
             prepare_projection(kept, count_for_density(density, kept.numel()), granularity="element").apply()
-            layout = ElementLayout.from_weight(kept)
+            module._adopt(ElementLayout.from_weight(kept))
         else:
             scores = block_norms(weight, block_size)
             keep = top_blocks(scores, count_for_density(density, scores.numel()))
-            layout = BlockLayout(keep, block_size, tuple(weight.shape))
-        module = cls.__new__(cls)
-        nn.Module.__init__(module)
-        module._configure(linear.in_features, linear.out_features, density, block_size, dense_grad, format)
-        with torch.no_grad():
-            module.weight = nn.Parameter(torch.where(layout.to_mask(), weight, 0))
-            if linear.bias is not None:
-                module.bias = nn.Parameter(linear.bias.detach().clone())
-            else:
-                module.register_parameter("bias", None)
-        module._adopt(layout)
+            module._adopt(BlockLayout(keep, block_size, (out_features, in_features)))
+        with torch.no_grad():  # last: with share_parameters, linear's own weight
+            module.weight.masked_fill_(~module._mask(), 0)
         return module
 
     def to_dense(self) -> nn.Linear:
-        """An ``nn.Linear`` computing the same function (weight zero outside the layout)."""
+        """An ``nn.Linear`` computing the same function (weight zero outside the layout); an
+        ``nn.Linear`` also for a layer converted from a ``Conv1D`` (its state_dict is then
+        nn.Linear's, ``[out, in]``)."""
         linear = nn.Linear(self.in_features, self.out_features, self.bias is not None,
                            device=self.weight.device, dtype=self.weight.dtype)
         with torch.no_grad():
-            linear.weight.copy_(torch.where(self._layout.to_mask(), self.weight, 0))
+            linear.weight.copy_(torch.where(self._mask().to(self.weight.device), self.weight, 0))
             if self.bias is not None:
                 linear.bias.copy_(self.bias)
         return linear

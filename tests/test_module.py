@@ -14,7 +14,8 @@ def test_same_parameters_state_dict_and_init_as_linear():
     dense = nn.Linear(96, 64)
     torch.manual_seed(0)
     sparse = SparseLinear(96, 64, density=0.25, block_size=32)
-    assert list(sparse.state_dict()) == list(dense.state_dict()) == ["weight", "bias"]
+    # nn.Linear's keys, then the layout (sparsekern's own entry, which a plain nn.Linear refuses).
+    assert list(sparse.state_dict()) == list(dense.state_dict()) + ["layout_mask"] == ["weight", "bias", "layout_mask"]
     assert sparse.weight.shape == dense.weight.shape and sparse.bias.shape == dense.bias.shape
     mask = sparse.layout.to_mask()
     # nn.Linear's initialisation, draw for draw, then zeroed outside the layout.
@@ -26,7 +27,7 @@ def test_same_parameters_state_dict_and_init_as_linear():
 
 def test_no_bias():
     m = SparseLinear(32, 16, bias=False, density=0.5, block_size=16)
-    assert m.bias is None and list(m.state_dict()) == ["weight"]
+    assert m.bias is None and list(m.state_dict()) == ["weight", "layout_mask"]
     assert m(torch.randn(3, 32)).shape == (3, 16)
 
 

@@ -7,6 +7,7 @@ import json
 import os
 
 from .cases import PASSES
+from .optional import optional_module
 
 CSV_FIELDS = ("pass", "impl", "kind", "dtype", "m", "n", "k", "block", "block_out", "block_in", "density",
               "block_density", "element_density", "nnz_blocks", "nnz_elements", "useful_flops", "time_ms",
@@ -126,16 +127,19 @@ def compare_tables(rows: list[dict], old: dict) -> str:
 
 
 def plot(rows: list[dict], meta: dict, path: str) -> str | None:
-    """Speedup over dense against density, a line per implementation and block size, and the ideal."""
-    import matplotlib
+    """Speedup over dense against density, a line per implementation and block size, and the ideal;
+    None when nothing was timed or matplotlib is missing (then after a note)."""
+    timed = [r for r in rows if r["pass"] != "projection" and r.get("speedup") and r["kind"] != "dense"]
+    if not timed:
+        return None
+    matplotlib = optional_module("matplotlib", "no plot")
+    if matplotlib is None:
+        return None
     import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    timed = [r for r in rows if r["pass"] != "projection" and r.get("speedup") and r["kind"] != "dense"]
-    if not timed:
-        return None
     passes = [p for p in PASSES if any(r["pass"] == p for r in timed)]
     dtypes = sorted({r["dtype"] for r in timed})
     shape = (timed[0]["m"], timed[0]["n"], timed[0]["k"])  # one shape per figure: the sweep's first

@@ -8,6 +8,7 @@ from . import projection
 from .cases import DTYPES, ELEMENT, Case, Sweep, matmul_mode, useful_flops
 from .impls import NotAvailable, Problem, implementations, input_sets, make_problem, memory_floor, pass_callable
 from .impls import relative_errors, tolerance
+from .optional import optional_module
 from .timing import time_interleaved
 
 
@@ -134,16 +135,36 @@ def _first_line(err: BaseException) -> str:
 
 
 def run_sweep(sweep: Sweep, *, backends, peers, projection_backends, device, seed=0, progress=True) -> list[dict]:
-    from tqdm import tqdm
-
     rows = []
     cases = sweep.cases()
-    with tqdm(cases, desc="sparsekern-bench", unit="case", disable=not progress, dynamic_ncols=True) as bar:
+    tqdm = optional_module("tqdm", "no progress bar") if progress else None
+    bar = (tqdm.tqdm(cases, desc="sparsekern-bench", unit="case", dynamic_ncols=True) if tqdm
+           else _NoProgressBar(cases))
+    with bar:
         try:
             _run_cases(bar, rows, backends, peers, projection_backends, device, sweep, seed)
         except KeyboardInterrupt:
             raise SweepInterrupted(rows, len(cases)) from None
     return rows
+
+
+class _NoProgressBar:
+    """What ``_run_cases`` uses of a tqdm bar, showing nothing (--no-progress, or no tqdm)."""
+
+    def __init__(self, cases):
+        self._cases = cases
+
+    def __iter__(self):
+        return iter(self._cases)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        return False
+
+    def set_postfix_str(self, text: str) -> None:
+        pass
 
 
 class SweepInterrupted(Exception):

@@ -14,21 +14,23 @@ block row and column are then partial, and every kernel masks them.
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 
 BLOCK_SIDES = (16, 32, 64, 128)
 
 
+def _is_int(value) -> bool:
+    """An integer, Python's or numpy's (``numbers.Integral``), but not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 def normalize_block_size(block_size, name: str = "block_size") -> tuple[int, int]:
     """``32 -> (32, 32)``; ``(16, 64) -> (16, 64)``; anything else raises."""
-    if isinstance(block_size, bool):
-        raise TypeError(f"{name} must be an int or a pair of ints, got {block_size!r}")
-    if isinstance(block_size, int):
-        sides = (block_size, block_size)
-    elif isinstance(block_size, (tuple, list)) and len(block_size) == 2 and all(
-        isinstance(s, int) and not isinstance(s, bool) for s in block_size
-    ):
+    if _is_int(block_size):
+        sides = (int(block_size), int(block_size))
+    elif isinstance(block_size, (tuple, list)) and len(block_size) == 2 and all(_is_int(s) for s in block_size):
         sides = (int(block_size[0]), int(block_size[1]))
     else:
         raise TypeError(f"{name} must be an int or a pair of ints, got {block_size!r}")
@@ -39,7 +41,8 @@ def normalize_block_size(block_size, name: str = "block_size") -> tuple[int, int
 
 
 def check_density(density, name: str = "density") -> float:
-    if isinstance(density, bool) or not isinstance(density, (int, float)):
+    """A number in [0, 1] (any ``numbers.Real``, numpy's included, but not a bool), as a float."""
+    if isinstance(density, bool) or not isinstance(density, numbers.Real):
         raise TypeError(f"{name} must be a number in [0, 1], got {density!r}")
     if not (0.0 <= float(density) <= 1.0):  # also rejects NaN
         raise ValueError(f"{name} must be in [0, 1], got {density!r}")
@@ -60,7 +63,7 @@ def _check_shape(shape, name: str = "shape") -> tuple[int, int]:
     if (
         not isinstance(shape, (tuple, list, torch.Size))
         or len(shape) != 2
-        or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape)
+        or not all(_is_int(s) and s > 0 for s in shape)
     ):
         raise ValueError(f"{name} must be (out_features, in_features), two positive ints, got {shape!r}")
     return int(shape[0]), int(shape[1])
@@ -70,6 +73,29 @@ def block_grid(shape, block_size) -> tuple[int, int]:
     """Number of block rows and block columns covering ``shape`` (edge blocks partial)."""
     (rows, cols), (bo, bi) = shape, block_size
     return math.ceil(rows / bo), math.ceil(cols / bi)
+
+
+def check_holds_data(t: torch.Tensor, name: str) -> None:
+    """A layout is its entries: a meta tensor has none to build the index from."""
+    if t.is_meta:
+        raise ValueError(f"{name} is on the meta device, which holds no values to build a layout from: build "
+                         "the layout on a real device (random layouts are drawn on the CPU, also under "
+                         "torch.device('meta')), or materialise the weight first (to_empty, load_state_dict)")
+
+
+def random_mask(n: int, count: int, *, generator=None, device=None) -> torch.Tensor:
+    """A flat bool mask of ``n`` with ``count`` entries true, placed uniformly at random, on ``device``
+    (default: torch's default device, or the CPU where that is meta: a layout needs values).
+    Drawn on the generator's device (the CPU by default) whatever the default device, so a
+    seed gives the same layout under ``torch.device("meta")`` as outside it."""
+    draw_on = generator.device if generator is not None else "cpu"
+    chosen = torch.randperm(n, generator=generator, device=draw_on)[:count]
+    flat = torch.zeros(n, dtype=torch.bool, device=draw_on)
+    flat[chosen] = True
+    if device is None:
+        device = torch.get_default_device()
+        device = "cpu" if device.type == "meta" else device
+    return flat.to(device)
 
 
 def _index_pointers(counts: torch.Tensor) -> torch.Tensor:
@@ -87,6 +113,7 @@ class BlockLayout:
         grid = block_grid(self.shape, self.block_size)
         if not isinstance(block_mask, torch.Tensor) or block_mask.dtype != torch.bool:
             raise TypeError(f"block_mask must be a bool tensor, got {getattr(block_mask, 'dtype', type(block_mask))}")
+        check_holds_data(block_mask, "block_mask")
         if tuple(block_mask.shape) != grid:
             raise ValueError(
                 f"block_mask must have shape {grid} (block rows, block columns) for shape {self.shape} "
@@ -112,22 +139,22 @@ class BlockLayout:
         """Active blocks are those holding any nonzero entry of ``weight``."""
         if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
             raise ValueError(f"weight must be a 2-D tensor, got {getattr(weight, 'shape', type(weight))}")
+        check_holds_data(weight, "weight")
         bo, bi = normalize_block_size(block_size)
         shape = _check_shape(tuple(weight.shape), "weight.shape")
         return cls(blockwise_any(weight.detach() != 0, (bo, bi)), (bo, bi), shape)
 
     @classmethod
     def random(cls, shape, block_size, density, *, generator=None, device=None) -> "BlockLayout":
-        """Exactly ``count_for_density(density, n_blocks)`` active blocks, uniformly at random."""
+        """Exactly ``count_for_density(density, n_blocks)`` active blocks, uniformly at random, on
+        ``device`` (see ``random_mask``: the CPU under ``torch.device("meta")``)."""
         shape = _check_shape(shape)
         block_size = normalize_block_size(block_size)
         density = check_density(density)
         n_rows, n_cols = block_grid(shape, block_size)
         n = n_rows * n_cols
-        chosen = torch.randperm(n, generator=generator)[: count_for_density(density, n)]
-        flat = torch.zeros(n, dtype=torch.bool)
-        flat[chosen] = True
-        return cls(flat.view(n_rows, n_cols).to(device), block_size, shape)
+        flat = random_mask(n, count_for_density(density, n), generator=generator, device=device)
+        return cls(flat.view(n_rows, n_cols), block_size, shape)
 
     # -------------------------------------------------------------- properties
     @property

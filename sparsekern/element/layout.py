@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from ..block.layout import _check_shape, check_density, count_for_density
+from ..block.layout import _check_shape, check_density, check_holds_data, count_for_density, random_mask
 from .reference import _mask as index_mask  # the oracle's own index-to-mask step
 
 _INT32_MAX = 2**31 - 1
@@ -35,6 +35,7 @@ class ElementLayout:
             raise TypeError(f"mask must be a bool tensor, got {getattr(mask, 'dtype', type(mask).__name__)}")
         if mask.dim() != 2:
             raise ValueError(f"mask must be 2-D [out_features, in_features], got shape {tuple(mask.shape)}")
+        check_holds_data(mask, "mask")
         self.shape = _check_shape(tuple(mask.shape), "mask.shape")
         out_features, in_features = self.shape
         if max(out_features, in_features) > _INT32_MAX:
@@ -80,17 +81,17 @@ class ElementLayout:
         """The nonzero entries of ``weight`` (NaN counts as nonzero)."""
         if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
             raise ValueError(f"weight must be a 2-D tensor, got {getattr(weight, 'shape', type(weight).__name__)}")
+        check_holds_data(weight, "weight")
         return cls(weight.detach() != 0)
 
     @classmethod
     def random(cls, shape, density, *, generator=None, device=None) -> "ElementLayout":
-        """Exactly ``count_for_density(density, out * in)`` nonzeros, placed uniformly at random."""
+        """Exactly ``count_for_density(density, out * in)`` nonzeros, placed uniformly at random, on
+        ``device`` (see ``random_mask``: the CPU under ``torch.device("meta")``)."""
         out_features, in_features = _check_shape(shape)
         n = out_features * in_features
-        chosen = torch.randperm(n, generator=generator)[: count_for_density(check_density(density), n)]
-        flat = torch.zeros(n, dtype=torch.bool)
-        flat[chosen] = True
-        return cls(flat.view(out_features, in_features).to(device))
+        flat = random_mask(n, count_for_density(check_density(density), n), generator=generator, device=device)
+        return cls(flat.view(out_features, in_features))
 
     # -------------------------------------------------------------- properties
     @property
