@@ -289,7 +289,9 @@ class SparseLinear(nn.Module):
     def _save_to_state_dict(self, destination, prefix, keep_vars):
         super()._save_to_state_dict(destination, prefix, keep_vars)
         if self.checkpoint_transposed:  # Conv1D's orientation: a plain Conv1D model loads it
-            destination[prefix + "weight"] = destination[prefix + "weight"].t().contiguous()
+            # A view, not a copy: state_dict entries alias the parameters, as nn.Module's do, so an
+            # in-place update through them (an EMA over state_dict().values()) reaches the weight.
+            destination[prefix + "weight"] = destination[prefix + "weight"].t()
         destination[prefix + LAYOUT_MASK] = pack_mask(self._mask())
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
@@ -368,6 +370,15 @@ class SparseLinear(nn.Module):
         ``density`` (1 when None), as the constructor's on meta: ``to_empty()`` then
         ``reset_parameters()`` or ``load_state_dict`` give it values.
         """
+        module = cls._from_dense_unmasked(linear, density=density, block_size=block_size, dense_grad=dense_grad,
+                                          format=format, share_parameters=share_parameters)
+        module._mask_weight()  # last: with share_parameters, linear's own weight
+        return module
+
+    @classmethod
+    def _from_dense_unmasked(cls, linear, *, density, block_size, dense_grad, format, share_parameters):
+        """``from_dense`` up to, not including, zeroing the weight outside the layout (``_mask_weight``):
+        with shared parameters nothing is written, so ``sparsify`` can build every layer first."""
         transposed = _is_conv1d(linear)
         if not (transposed or isinstance(linear, nn.Linear)):
             raise TypeError(f"linear must be an nn.Linear (or a subclass) or a Hugging Face Conv1D, "
@@ -401,8 +412,7 @@ class SparseLinear(nn.Module):
         block_size = module.block_size
         if weight.is_meta:  # no values to choose from: the constructor's layout on meta
             module._adopt(module._random_layout())
-            return module
-        if density is None:
+        elif density is None:
             module._adopt_mask(weight != 0)
             module.density = module._sparsity.density
         elif format == "element":
@@ -413,9 +423,13 @@ class SparseLinear(nn.Module):
             scores = block_norms(weight, block_size)
             keep = top_blocks(scores, count_for_density(density, scores.numel()))
             module._adopt(BlockLayout(keep, block_size, (out_features, in_features)))
-        with torch.no_grad():  # last: with share_parameters, linear's own weight
-            module.weight.masked_fill_(~module._mask(), 0)
         return module
+
+    def _mask_weight(self) -> None:
+        """Zero the weight outside the layout, in place (a meta weight has nothing to zero)."""
+        if not self.weight.is_meta:
+            with torch.no_grad():
+                self.weight.masked_fill_(~self._mask().to(self.weight.device), 0)
 
     def to_dense(self) -> nn.Linear:
         """An ``nn.Linear`` computing the same function (weight zero outside the layout); an

@@ -62,13 +62,20 @@ def sparsify(model: nn.Module, *, density: float | None, block_size=32, include=
     or a parametrization (the replacement would lose them), ``nn.MultiheadAttention``'s
     ``out_proj`` (attention reads its weight directly and never calls its forward, so sparse
     kernels would never run there), a ``Conv1D`` whose weight another module shares, an
-    uninitialised (lazy) or non-floating weight. What was replaced is logged at INFO on the
-    ``"sparsekern"`` logger.
+    uninitialised (lazy), non-floating or empty weight, a weight an existing ``SparseLinear``
+    holds (converting would zero it outside a second layout and change that layer). The
+    warning also names a linear module left dense (not selected, or not convertible) whose
+    weight a converted one shares: that weight is sparse now, in both. What was replaced is
+    logged at INFO on the ``"sparsekern"`` logger.
 
     ``density``: the fraction of blocks (``format="element"``: of entries) each layer keeps,
     those of largest magnitude; ``None`` keeps the sparsity the weights already have (each
     layout is its weight's nonzeros): the way to sparsify a sparse checkpoint loaded into a
-    dense model (e.g. by ``from_pretrained``) at its own sparsity.
+    dense model (e.g. by ``from_pretrained``) at its own sparsity. Those are the saved layouts
+    only where the saved weights are zero outside them (saved right after ``Projector.step``);
+    a checkpoint saved between ``optimizer.step()`` and ``Projector.step()`` with momentum or
+    ``dense_grad`` has nonzeros outside its layouts: load the full state_dict again after
+    ``sparsify`` so its ``layout_mask`` entries set the layouts.
 
     ``include`` / ``exclude``: ``fnmatch`` patterns (a string or a list), case-sensitive, where
     ``*`` matches any characters, dots included (``?`` one, ``[seq]`` one of ``seq``). A
@@ -122,6 +129,14 @@ def sparsify(model: nn.Module, *, density: float | None, block_size=32, include=
             targets.append((module, names))
         else:
             left.append(f"{_listed(names)} ({type(module).__name__}): {why}")
+    # A tied weight is zeroed in place for every module holding it, converted or not: say so for linear ones.
+    converted_weights = {id(module.weight): names for module, names in targets if not _is_conv1d(module)}
+    converted = {id(module) for module, _ in targets}
+    for module, names in found.layers():
+        source = converted_weights.get(id(module.weight))
+        if source is not None and id(module) not in converted:
+            left.append(f"{_listed(names)} ({type(module).__name__}): not converted, but its weight is shared with "
+                        f"converted {_listed(source)}, so it is sparse now too")
     # Sharing parameters zeroes weights in place: every weight is checked before the first is.
     for module, names in targets:
         weight = module.weight.detach()
@@ -131,13 +146,16 @@ def sparsify(model: nn.Module, *, density: float | None, block_size=32, include=
 
     first_of_weight = {}  # id(weight) -> its first SparseLinear, whose layout the others adopt
     replacements = []
-    for module, names in targets:
-        new = SparseLinear.from_dense(module, density=density, block_size=block_size, dense_grad=dense_grad,
-                                      format=format, share_parameters=not _is_conv1d(module))
+    for module, names in targets:  # every layer built (which can still fail) before any weight is zeroed
+        new = SparseLinear._from_dense_unmasked(module, density=density, block_size=block_size,
+                                                dense_grad=dense_grad, format=format,
+                                                share_parameters=not _is_conv1d(module))
         first = first_of_weight.setdefault(id(new.weight), new)
         if first is not new:
             _share_layout(new, first)
         replacements.append((module, names, new))
+    for _, _, new in replacements:
+        new._mask_weight()
 
     if left:
         warnings.warn(f"sparsify left {len(left)} linear module(s) as they are:\n  " + "\n  ".join(left),
@@ -212,7 +230,14 @@ class _LinearLayers:
             return "its weight is not [in_features, nf] as a Conv1D's is"
         if not module.weight.is_floating_point():
             return f"its weight is {module.weight.dtype}, not floating point"
+        if module.weight.numel() == 0:  # a layout needs a shape of two positive sides: from_dense would raise
+            return f"its weight is empty ({tuple(module.weight.shape)}): a layout needs at least one entry"
         others = self.holders.get(id(module.weight), set()) - {id(module)}
+        sparse_holders = [key for key in others if isinstance(self.modules[key], SparseLinear)]
+        if sparse_holders:  # converting would zero the weight outside a new layout under that layer's feet
+            shared = _listed(self.names[key][0] for key in sparse_holders)
+            return (f"its weight is held by SparseLinear {shared} already, whose layout a new one on the same "
+                    "weight would change")
         if base is not nn.Linear and others:
             shared = _listed(self.names[key][0] for key in others)
             return (f"its weight is shared with {shared}, and a Conv1D's weight is transposed into a new "

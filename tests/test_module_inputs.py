@@ -89,6 +89,19 @@ def test_from_dense_of_a_conv1d_computes_it_and_checkpoints_in_its_orientation(f
     torch.testing.assert_close(sparse.to_dense()(x), sparse(x))
 
 
+def test_a_conv1d_layers_state_dict_aliases_its_weight_as_nn_modules_does():
+    # An EMA over state_dict().values() (timm's ModelEmaV2) updates the entries in place: a copy
+    # in the state_dict would leave the converted Conv1D layers at their first weights.
+    torch.manual_seed(4)
+    layer = SparseLinear.from_dense(Conv1D(24, 40), density=0.5, block_size=16, format="element")
+    target = torch.randn(40, 24)
+    for keep_vars in (False, True):
+        with torch.no_grad():
+            layer.state_dict(keep_vars=keep_vars)["weight"].copy_(target)
+        assert torch.equal(layer.weight, target.t())
+        target = target + 1
+
+
 def test_from_dense_of_a_rectangular_conv1d_and_its_refusals():
     torch.manual_seed(3)
     conv = Conv1D(24, 40)  # nf = 24 outputs, nx = 40 inputs

@@ -116,6 +116,35 @@ def test_two_linears_holding_one_weight_get_one_layout_and_one_projection(monkey
     assert model[2].layout is model[0].layout and model[0].layout == layout_of_weight(model[0])
 
 
+def test_a_linear_holding_an_existing_sparse_layers_weight_is_left_and_that_layer_unchanged():
+    # Converting it would zero the shared weight outside a second, smaller layout: the
+    # SparseLinear already there would compute another function, its layout no longer the weight's.
+    torch.manual_seed(0)
+    sparse = SparseLinear(32, 32, density=0.5, block_size=16, format="element")
+    model = nn.Sequential(sparse, nn.ReLU(), nn.Linear(32, 32))
+    model[2].weight = sparse.weight
+    weight, mask = sparse.weight.detach().clone(), sparse.layout.to_mask().clone()
+    x = torch.randn(3, 32)
+    expected = model(x)
+    with pytest.warns(UserWarning, match=r"'2' \(Linear\): its weight is held by SparseLinear '0' already"):
+        sparsify(model, density=0.25, block_size=16, format="element")
+    assert type(model[2]) is nn.Linear and model[0] is sparse and model[2].weight is sparse.weight
+    assert torch.equal(sparse.weight, weight) and torch.equal(sparse.layout.to_mask(), mask)
+    assert torch.equal(model(x), expected)
+
+
+def test_an_excluded_linear_sharing_a_converted_weight_is_named_as_sparse_now():
+    # Its weight is zeroed in place with the converted layer's: it was silent.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(32, 32), nn.Linear(32, 32))
+    model[1].weight = model[0].weight
+    with pytest.warns(UserWarning, match=r"'1' \(Linear\): not converted, but its weight is shared with "
+                                         r"converted '0', so it is sparse now too"):
+        sparsify(model, density=0.25, block_size=16, exclude="1")
+    assert type(model[1]) is nn.Linear and model[1].weight is model[0].weight
+    assert torch.equal(model[1].weight != 0, model[0].layout.to_mask() & (model[1].weight != 0))
+
+
 def test_projector_refuses_layers_holding_one_weight_with_other_formats():
     first = SparseLinear(32, 32, density=0.5, block_size=16, format="block")
     other = SparseLinear(32, 32, density=0.5, block_size=16, format="element")
@@ -126,6 +155,29 @@ def test_projector_refuses_layers_holding_one_weight_with_other_formats():
     other.weight = first.weight
     with pytest.raises(ValueError, match=r"block_size differ"):
         Projector(nn.Sequential(first, other), lambda step: 0.5)
+
+
+def test_a_layer_failing_to_convert_leaves_every_weight_unzeroed(monkeypatch):
+    # Converting can fail past the argument checks (memory running out while choosing a layout):
+    # the layers converted before it must not have had their shared weights zeroed yet.
+    import sparsekern.module as module_
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(32, 32), nn.Linear(32, 32))
+    weights = [m.weight.detach().clone() for m in model]
+    real_top_blocks, calls = module_.top_blocks, []
+
+    def failing_second(scores, k):
+        calls.append(k)
+        if len(calls) == 2:
+            raise RuntimeError("out of memory (injected)")
+        return real_top_blocks(scores, k)
+
+    monkeypatch.setattr(module_, "top_blocks", failing_second)
+    with pytest.raises(RuntimeError, match="injected"):
+        sparsify(model, density=0.25, block_size=16, format="block")
+    assert [type(m) for m in model] == [nn.Linear, nn.Linear]
+    assert all(torch.equal(m.weight, w) for m, w in zip(model, weights))
 
 
 def test_a_non_finite_weight_raises_before_any_weight_is_zeroed():
@@ -264,6 +316,20 @@ def test_a_linear_that_cannot_be_converted_is_left_and_named(make, why):
     with pytest.warns(UserWarning, match=r"left 1 linear module\(s\) as they are:\n  '1' \(\w+\): " + why):
         sparsify(model, density=0.5, block_size=16)
     assert isinstance(model[0], SparseLinear) and type(model[1]) is kind
+
+@pytest.mark.filterwarnings("ignore:Initializing zero-element tensors is a no-op")
+@pytest.mark.parametrize("empty", [(8, 0), (0, 8)])
+def test_an_empty_linear_is_left_and_named_and_the_others_converted(empty):
+    # Converting it raised after the layer before it had had its weight zeroed in place.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 8), nn.Linear(*empty))
+    weight = model[0].weight.detach().clone()
+    with pytest.warns(UserWarning, match=r"'1' \(Linear\): its weight is empty"):
+        sparsify(model, density=0.25, block_size=16, format="element")
+    assert isinstance(model[0], SparseLinear) and type(model[1]) is nn.Linear
+    assert torch.equal(model[0].weight, torch.where(model[0].layout.to_mask(), weight, 0))
+    assert int(model[0].layout.to_mask().sum()) == count_for_density(0.25, 64)
+
 
 def test_hugging_face_gpt2_every_conv1d_converted_and_a_sparse_checkpoint_keeps_its_layouts(tmp_path):
     transformers = pytest.importorskip("transformers", reason="transformers is not installed")
