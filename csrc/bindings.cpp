@@ -5,20 +5,24 @@
 //
 // Sections: common helpers | CPU block-sparse products | CPU element-sparse products | top-k projection (CPU) | CUDA (#ifdef
 // SPARSEKERN_WITH_CUDA; block-sparse products, element-sparse products, then top-k projection) | module.
+#include <ATen/EmptyTensor.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/from_blob.h>
+#include <c10/core/Allocator.h>
 #include <c10/util/Exception.h>
 #include <torch/csrc/utils/pybind.h>
 
 #include <algorithm>
 #include <array>
 #include <atomic>
+#include <initializer_list>
 #include <mutex>
+#include <numeric>
 #include <optional>
 #include <string>
 #include <tuple>
+#include <utility>
 
 #include "common/block_index.h"
 #include "cpu/abs_topk.h"
@@ -28,7 +32,6 @@
 #include "cpu/topk.h"
 
 #ifdef SPARSEKERN_WITH_CUDA  // CUDA headers exist only in a CUDA build of torch
-#include <ATen/MemoryOverlap.h>
 #include <ATen/ops/zeros.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -55,6 +58,60 @@ namespace idx = sparsekern::index;
 using at::Tensor;
 
 // ============================================================ common helpers
+
+// The bytes [first, last) that t's elements span (its strides included); empty when t is.
+std::pair<uintptr_t, uintptr_t> byte_span(const Tensor& t) {
+  if (t.numel() == 0) return {0, 0};
+  int64_t low = 0, high = 0;  // element offsets of the first and last element from data_ptr
+  for (int64_t d = 0; d < t.dim(); ++d) (t.stride(d) < 0 ? low : high) += (t.size(d) - 1) * t.stride(d);
+  const auto base = reinterpret_cast<uintptr_t>(t.data_ptr());
+  return {base + low * t.element_size(), base + (high + 1) * t.element_size()};
+}
+
+// Whether a and b may share memory: their spans intersect (conservative for two interleaved
+// strided views of one buffer, which then count as overlapping).
+bool may_overlap(const Tensor& a, const Tensor& b) {
+  if (!a.defined() || !b.defined() || a.device() != b.device()) return false;
+  const auto [a0, a1] = byte_span(a);
+  const auto [b0, b1] = byte_span(b);
+  return a0 < a1 && b0 < b1 && a0 < b1 && b0 < a1;
+}
+
+// A tensor the call writes (`name`) must share no memory with one it reads: the kernels read
+// inputs while they write, so an overlap computes nonsense (undefined tensors are skipped).
+void check_no_overlap(const std::optional<Tensor>& written, const char* name,
+                      std::initializer_list<std::pair<const char*, Tensor>> inputs) {
+  if (!written.has_value()) return;
+  for (const auto& [input_name, input] : inputs)
+    TORCH_CHECK_VALUE(!may_overlap(*written, input), name, " must not overlap ", input_name,
+                      " (a kernel would read what it writes)");
+}
+
+// Whether two entries of the 2-D t are one memory location (an expanded or as_strided view),
+// exactly: with both sides above 1, strides a <= b and sides na, nb, some i*b == j*a with
+// 0 < |i| < nb, |j| < na exists iff b/g < na and a/g < nb, g = gcd(a, b).
+bool has_internal_overlap(const Tensor& t) {
+  if (t.numel() == 0) return false;
+  std::vector<std::pair<int64_t, int64_t>> dims;  // (|stride|, size) of the sides above 1
+  for (int64_t d = 0; d < t.dim(); ++d)
+    if (t.size(d) > 1) dims.emplace_back(std::abs(t.stride(d)), t.size(d));
+  for (const auto& [stride, size] : dims)
+    if (stride == 0) return true;
+  if (dims.size() < 2) return false;
+  TORCH_CHECK(dims.size() == 2, "has_internal_overlap: 2-D tensors only");
+  std::sort(dims.begin(), dims.end());
+  const auto [a, na] = dims[0];
+  const auto [b, nb] = dims[1];
+  const int64_t g = std::gcd(a, b);
+  return b / g < na && a / g < nb;
+}
+
+// The weight the projection writes in place: no two entries in one place (the write pass runs
+// in parallel, and a location counted twice is kept or zeroed twice).
+void check_no_internal_overlap(const Tensor& weight) {
+  TORCH_CHECK_VALUE(!has_internal_overlap(weight),
+                    "weight has overlapping memory (expanded?); clone() it");
+}
 
 void check_block_sides(int64_t block_out, int64_t block_in) {
   for (int64_t side : {block_out, block_in})
@@ -88,9 +145,15 @@ void check_compressed(const Tensor& ptr, const char* ptr_name, const Tensor& ind
   TORCH_CHECK(err == idx::kIndexOk, "invalid block index (", ptr_name, ", ", ind_name, "): ", idx::describe(err));
 }
 
+// Sides from 2^62 on (only stride-0 views have them) are refused: sizes derived from them
+// (a side + 1, block counts) must never wrap.
+constexpr int64_t kMaxSide = int64_t{1} << 62;
+
 void check_matrix(const Tensor& t, const char* name, const at::Device& device) {
   TORCH_CHECK(t.dim() == 2, name, " must be 2-D, got ", t.dim(), " dimensions");
   TORCH_CHECK(t.device() == device, name, " must be on ", device, ", got ", t.device());
+  TORCH_CHECK_VALUE(t.size(0) < kMaxSide && t.size(1) < kMaxSide, name, " must have sides below 2^62, got ",
+                    t.sizes());
 }
 
 // The projection's floor mask (forced): null, or weight-shaped contiguous bool on weight's device.
@@ -101,7 +164,36 @@ const uint8_t* forced_mask(const std::optional<Tensor>& forced, const Tensor& we
                         forced->is_contiguous(),
                     "forced must be a contiguous bool tensor of weight's shape ", weight.sizes(), " on ",
                     weight.device(), ", got ", forced->sizes(), " on ", forced->device());
+  check_no_overlap(weight, "weight", {{"forced", *forced}});  // the write pass reads forced
   return reinterpret_cast<const uint8_t*>(forced->data_ptr<bool>());
+}
+
+// What a projection plan was made for: the weight (data pointer, shape, strides, dtype, version
+// counter) and the floor mask (data pointer and version; 0 and -1 without one). Applying a plan
+// to another weight or mask, or after either changed, raises instead of keeping the wrong
+// entries (the CPU plan carries its stamp after the kernel's fields).
+constexpr int64_t kStampLength = 9;
+using PlanStamp = std::array<int64_t, kStampLength>;
+
+int64_t version_of(const Tensor& t) { return t.is_inference() ? -1 : static_cast<int64_t>(t._version()); }
+
+PlanStamp plan_stamp(const Tensor& weight, const std::optional<Tensor>& forced) {
+  return {reinterpret_cast<int64_t>(weight.data_ptr()), weight.size(0), weight.size(1), weight.stride(0),
+          weight.stride(1), static_cast<int64_t>(weight.scalar_type()), version_of(weight),
+          forced ? reinterpret_cast<int64_t>(forced->data_ptr()) : 0, forced ? version_of(*forced) : -1};
+}
+
+void check_plan_stamp(const int64_t* stamp, const Tensor& weight, const std::optional<Tensor>& forced,
+                      const char* select) {
+  const PlanStamp now = plan_stamp(weight, forced);
+  TORCH_CHECK_VALUE(std::equal(now.begin(), now.end(), stamp), "the plan was made by ", select,
+                    " for another weight or floor mask, or before one of them changed: select again");
+}
+
+// A write through raw pointers, made visible to torch as an in-place op's would be (autograd
+// then refuses a weight saved for backward and changed since, and an old plan is stale).
+void bump_version(const Tensor& t) {
+  if (!t.is_inference()) t.unsafeGetTensorImpl()->bump_version();
 }
 
 // The shape and dtype checks of the three products, the same for every device and both
@@ -214,16 +306,30 @@ Tensor kernel_rows(const Tensor& t, bool keep_bf16) {
   return t.stride(1) == 1 || t.size(1) <= 1 ? t : t.contiguous();
 }
 
-// An output the caller may supply (`out`, e.g. poisoned by the tests): shape, dtype, layout.
+// Large CPU outputs on huge pages (see cpu::alloc_output): the page faults of a fresh buffer
+// would otherwise cost a sizeable part of a sparse product. Through an Allocator, so the
+// storage is an ordinary resizable one (resize_ reallocates through it, on huge pages again).
+struct HugePageAllocator final : c10::Allocator {
+  c10::DataPtr allocate(size_t bytes) override {
+    void* data = cpu::alloc_output(static_cast<int64_t>(bytes));
+    TORCH_CHECK(data != nullptr, "sparsekern cpu: out of memory for an output of ", bytes, " bytes");
+    return {data, data, &cpu::free_output, at::Device(at::kCPU)};
+  }
+  c10::DeleterFnPtr raw_deleter() const override { return &cpu::free_output; }
+  void copy_data(void* dest, const void* src, size_t count) const override { default_copy_data(dest, src, count); }
+};
+
+// An output the caller may supply (`out`, e.g. poisoned by the tests; the entry points check
+// it overlaps no input first): shape, dtype, layout.
 Tensor output(const std::optional<Tensor>& out, at::IntArrayRef shape, const Tensor& like) {
   if (!out.has_value()) {
-    const int64_t bytes = c10::multiply_integers(shape) * like.element_size();
-    if (!like.is_cpu() || bytes < (int64_t{4} << 20)) return at::empty(shape, like.options());
-    // Large outputs on huge pages (see cpu::alloc_output): the page faults of a fresh buffer
-    // would otherwise cost a sizeable part of a sparse product.
-    void* data = cpu::alloc_output(bytes);
-    TORCH_CHECK(data != nullptr, "sparsekern cpu: out of memory for an output of ", bytes, " bytes");
-    return at::from_blob(data, shape, cpu::free_output, like.options());
+    int64_t bytes = like.element_size();
+    bool overflow = false;  // then at::empty raises its own error
+    for (const int64_t side : shape) overflow |= __builtin_mul_overflow(bytes, side, &bytes);
+    if (overflow || !like.is_cpu() || bytes < (int64_t{4} << 20)) return at::empty(shape, like.options());
+    static HugePageAllocator huge_pages;
+    return at::detail::empty_generic(shape, &huge_pages, c10::DispatchKeySet(c10::DispatchKey::CPU),
+                                     like.scalar_type(), std::nullopt);
   }
   TORCH_CHECK(out->sizes() == shape, "out must have shape ", shape, ", got ", out->sizes());
   TORCH_CHECK(out->scalar_type() == like.scalar_type() && out->device() == like.device(), "out must be ",
@@ -255,6 +361,8 @@ Tensor bsmm_forward_cpu(const Tensor& x, const Tensor& weight, const std::option
                         const Tensor& row_ptr, const Tensor& col_idx, int64_t block_out, int64_t block_in,
                         const std::optional<Tensor>& out) {
   check_forward_args(x, weight, bias, at::Device(at::kCPU), block_out, block_in);
+  check_no_overlap(out, "out", {{"x", x}, {"weight", weight}, {"bias", bias.value_or(Tensor())},
+                                {"row_ptr", row_ptr}, {"col_idx", col_idx}});
   check_cpu_dtype(weight, "weight");
   check_compressed(row_ptr, "row_ptr", col_idx, "col_idx", idx::num_blocks(weight.size(0), block_out),
                    idx::num_blocks(weight.size(1), block_in));
@@ -265,6 +373,8 @@ Tensor bsmm_grad_input_cpu(const Tensor& grad_out, const Tensor& weight, const T
                            const Tensor& row_idx, int64_t block_out, int64_t block_in,
                            const std::optional<Tensor>& out) {
   check_grad_input_args(grad_out, weight, at::Device(at::kCPU), block_out, block_in);
+  check_no_overlap(out, "out",
+                   {{"grad_out", grad_out}, {"weight", weight}, {"col_ptr", col_ptr}, {"row_idx", row_idx}});
   check_cpu_dtype(weight, "weight");
   check_compressed(col_ptr, "col_ptr", row_idx, "row_idx", idx::num_blocks(weight.size(1), block_in),
                    idx::num_blocks(weight.size(0), block_out));
@@ -276,6 +386,8 @@ Tensor bsmm_grad_weight_cpu(const Tensor& grad_out, const Tensor& x, const Tenso
                             const Tensor& col_idx, int64_t block_out, int64_t block_in,
                             const std::optional<Tensor>& out) {
   check_grad_weight_args(grad_out, x, block_row, col_idx, at::Device(at::kCPU), block_out, block_in);
+  check_no_overlap(out, "out",
+                   {{"grad_out", grad_out}, {"x", x}, {"block_row", block_row}, {"col_idx", col_idx}});
   check_cpu_dtype(x, "x");
   const int64_t n = grad_out.size(1), k = x.size(1);
   const int err = idx::check_coordinates(block_row.data_ptr<int32_t>(), col_idx.data_ptr<int32_t>(),
@@ -345,6 +457,8 @@ Tensor element_dense_sparse(const Tensor& a, const Tensor& w, const std::optiona
 Tensor esmm_forward_cpu(const Tensor& x, const Tensor& weight, const std::optional<Tensor>& bias,
                         const Tensor& row_ptr, const Tensor& col_idx, const std::optional<Tensor>& out) {
   check_linear_forward(x, weight, bias, at::Device(at::kCPU));
+  check_no_overlap(out, "out", {{"x", x}, {"weight", weight}, {"bias", bias.value_or(Tensor())},
+                                {"row_ptr", row_ptr}, {"col_idx", col_idx}});
   check_cpu_dtype(weight, "weight");
   const Tensor ptr = checked_csr(row_ptr, "row_ptr", col_idx, "col_idx", weight.size(0), weight.size(1));
   return element_dense_sparse(x, weight, bias, ptr, col_idx, out);
@@ -353,6 +467,8 @@ Tensor esmm_forward_cpu(const Tensor& x, const Tensor& weight, const std::option
 Tensor esmm_grad_input_cpu(const Tensor& grad_out, const Tensor& weight, const Tensor& col_ptr,
                            const Tensor& row_idx, const std::optional<Tensor>& out) {
   check_linear_grad_input(grad_out, weight, at::Device(at::kCPU));
+  check_no_overlap(out, "out",
+                   {{"grad_out", grad_out}, {"weight", weight}, {"col_ptr", col_ptr}, {"row_idx", row_idx}});
   check_cpu_dtype(weight, "weight");
   const Tensor ptr = checked_csr(col_ptr, "col_ptr", row_idx, "row_idx", weight.size(1), weight.size(0));
   // The forward kernel on W.T: its rows are W's columns, walked by the transposed index.
@@ -362,6 +478,7 @@ Tensor esmm_grad_input_cpu(const Tensor& grad_out, const Tensor& weight, const T
 Tensor esmm_grad_weight_cpu(const Tensor& grad_out, const Tensor& x, const Tensor& row_ptr, const Tensor& col_idx,
                             const std::optional<Tensor>& out) {
   check_linear_grad_weight(grad_out, x, at::Device(at::kCPU));
+  check_no_overlap(out, "out", {{"grad_out", grad_out}, {"x", x}, {"row_ptr", row_ptr}, {"col_idx", col_idx}});
   check_cpu_dtype(x, "x");
   const int64_t n = grad_out.size(1), k = x.size(1);
   const Tensor ptr = checked_csr(row_ptr, "row_ptr", col_idx, "col_idx", n, k);
@@ -397,14 +514,7 @@ Tensor esmm_sparse_operand_grad_weight_cpu(const Tensor& grad_out, const Tensor&
   TORCH_CHECK_VALUE(grad_out.size(0) == x.size(0), "grad_out and x must have the same rows, got ", grad_out.size(0),
                     " and ", x.size(0));
   const int64_t m = x.size(0), n = grad_out.size(1), k = x.size(1);
-  if (out.has_value()) {
-    const auto overlaps = [&](const Tensor& t) {
-      const auto a = reinterpret_cast<uintptr_t>(out->data_ptr()), b = reinterpret_cast<uintptr_t>(t.data_ptr());
-      return out->numel() > 0 && t.numel() > 0 && a < b + t.nbytes() && b < a + out->nbytes();
-    };
-    TORCH_CHECK_VALUE(!overlaps(grad_out) && !overlaps(x), "out must not overlap grad_out or x");
-    TORCH_CHECK_VALUE(out->is_contiguous(), "out must be contiguous");
-  }
+  check_no_overlap(out, "out", {{"grad_out", grad_out}, {"x", x}});
   Tensor dw = output(out, {n, k}, x);
   const Tensor& sparse = sparse_input ? x : grad_out;
   const int64_t cols = sparse.size(1);
@@ -470,11 +580,8 @@ void register_cpu_activation(pybind11::module_& m) {
         TORCH_CHECK_VALUE(k >= 0 && k <= n, "k must be in [0, ", n, "], got ", k);
         Tensor values = output(values_out, x.sizes(), x);
         Tensor kept = output(kept_out, x.sizes(), at::empty({0}, x.options().dtype(at::kBool)));
-        const auto overlaps_x = [&](const Tensor& t) {
-          const auto a = reinterpret_cast<uintptr_t>(x.data_ptr()), b = reinterpret_cast<uintptr_t>(t.data_ptr());
-          return x.numel() > 0 && t.numel() > 0 && a < b + t.nbytes() && b < a + x.nbytes();
-        };
-        TORCH_CHECK_VALUE(!overlaps_x(values) && !overlaps_x(kept), "values_out and kept_out must not overlap x");
+        check_no_overlap(values, "values_out", {{"x", x}, {"kept_out", kept}});
+        check_no_overlap(kept, "kept_out", {{"x", x}});
         const cpu::AbsTopkStatus status =
             cpu::abs_topk(x.data_ptr(), dtype, rows, n, k, values.data_ptr(),
                           reinterpret_cast<uint8_t*>(kept.data_ptr<bool>()), torch_parallel_for);
@@ -587,12 +694,14 @@ const uint8_t* check_topk_args(const Tensor& weight, const std::optional<Tensor>
 Tensor topk_select_cpu(const Tensor& weight, const std::optional<Tensor>& forced, int64_t k) {
   const uint8_t* mask = check_topk_args(weight, forced);
   TORCH_CHECK_VALUE(k >= 0 && k <= weight.numel(), "k must be in [0, ", weight.numel(), "], got ", k);
-  Tensor plan = at::empty({cpu::kTopkPlanLength}, weight.options().dtype(at::kLong));
+  Tensor plan = at::empty({cpu::kTopkPlanLength + kStampLength}, weight.options().dtype(at::kLong));
   const cpu::TopkStatus status = cpu::topk_select(weight.data_ptr(), topk_dtype(weight), weight.size(0),
                                                   weight.size(1), mask, k, torch_parallel_for,
                                                   plan.data_ptr<int64_t>());
   TORCH_CHECK_VALUE(status != cpu::kTopkNonFinite, "weight must be finite, but it holds NaN or Inf");
   TORCH_CHECK(status == cpu::kTopkOk, "topk_select_cpu: invalid arguments");
+  const PlanStamp stamp = plan_stamp(weight, forced);
+  std::copy(stamp.begin(), stamp.end(), plan.data_ptr<int64_t>() + cpu::kTopkPlanLength);
   return plan;
 }
 
@@ -610,12 +719,20 @@ std::tuple<int64_t, std::optional<Tensor>, std::optional<KeptTensors>> topk_appl
     const Tensor& weight, const std::optional<Tensor>& forced, const Tensor& plan, int64_t block_out,
     int64_t block_in, bool with_index) {
   const uint8_t* mask = check_topk_args(weight, forced);
-  TORCH_CHECK_VALUE(plan.scalar_type() == at::kLong && plan.dim() == 1 && plan.numel() == cpu::kTopkPlanLength &&
-                        plan.device().is_cpu() && plan.is_contiguous(),
+  TORCH_CHECK_VALUE(plan.scalar_type() == at::kLong && plan.dim() == 1 &&
+                        plan.numel() == cpu::kTopkPlanLength + kStampLength && plan.device().is_cpu() &&
+                        plan.is_contiguous(),
                     "plan must be the int64 tensor topk_select_cpu returned");
+  check_no_overlap(weight, "weight", {{"plan", plan}});
+  check_plan_stamp(plan.data_ptr<int64_t>() + cpu::kTopkPlanLength, weight, forced, "topk_select_cpu");
   TORCH_CHECK_VALUE((block_out == 0 && block_in == 0) || (block_out > 0 && block_in > 0),
                     "block_out and block_in must both be 0 (no block counts) or both positive, got ", block_out,
                     " and ", block_in);
+  // Per-block counts are int32: a block (clipped to weight) holds fewer than 2^31 entries.
+  TORCH_CHECK_VALUE(block_out == 0 || std::min(block_out, weight.size(0)) * std::min(block_in, weight.size(1)) <=
+                                          INT32_MAX,
+                    "blocks of ", block_out, " x ", block_in, " hold 2^31 entries or more of weight ",
+                    weight.sizes(), ": too many for int32 counts");
   TORCH_CHECK_VALUE(!with_index || (weight.size(0) <= INT32_MAX && weight.size(1) <= INT32_MAX),
                     "with_index needs both sides of weight below 2^31, got ", weight.sizes());
   std::optional<Tensor> counts;
@@ -629,6 +746,7 @@ std::tuple<int64_t, std::optional<Tensor>, std::optional<KeptTensors>> topk_appl
                                       counts ? counts->data_ptr<int32_t>() : nullptr,
                                       with_index ? &index : nullptr, torch_parallel_for);
   TORCH_CHECK_VALUE(nnz >= 0, "plan does not fit weight (was it made by topk_select_cpu for this weight?)");
+  bump_version(weight);
   std::optional<KeptTensors> kept;
   if (with_index)
     kept = KeptTensors{vector_tensor(index.row_ptr, at::kLong), vector_tensor(index.col_idx, at::kInt),
@@ -765,6 +883,8 @@ Tensor bsmm_forward_cuda(const Tensor& x, const Tensor& weight, const std::optio
   TORCH_CHECK(x.is_cuda(), "x must be a CUDA tensor for the cuda backend, got ", x.device());
   const at::Device dev = x.device();
   check_forward_args(x, weight, bias, dev, block_out, block_in);
+  check_no_overlap(out, "out", {{"x", x}, {"weight", weight}, {"bias", bias.value_or(Tensor())},
+                                {"row_ptr", row_ptr}, {"col_idx", col_idx}});
   cuda_dtype(weight, "weight");
   check_compressed_shape(row_ptr, "row_ptr", col_idx, "col_idx", idx::num_blocks(weight.size(0), block_out), dev);
   // B = weight.T: B(k, n) = weight[n, k].
@@ -778,6 +898,8 @@ Tensor bsmm_grad_input_cuda(const Tensor& grad_out, const Tensor& weight, const 
   TORCH_CHECK(grad_out.is_cuda(), "grad_out must be a CUDA tensor for the cuda backend, got ", grad_out.device());
   const at::Device dev = grad_out.device();
   check_grad_input_args(grad_out, weight, dev, block_out, block_in);
+  check_no_overlap(out, "out",
+                   {{"grad_out", grad_out}, {"weight", weight}, {"col_ptr", col_ptr}, {"row_idx", row_idx}});
   cuda_dtype(weight, "weight");
   check_compressed_shape(col_ptr, "col_ptr", row_idx, "row_idx", idx::num_blocks(weight.size(1), block_in), dev);
   // The forward kernel again, walking the transposed index over the untransposed weight:
@@ -792,6 +914,8 @@ Tensor bsmm_grad_weight_cuda(const Tensor& grad_out, const Tensor& x, const Tens
   TORCH_CHECK(x.is_cuda(), "x must be a CUDA tensor for the cuda backend, got ", x.device());
   const at::Device dev = x.device();
   check_grad_weight_args(grad_out, x, block_row, col_idx, dev, block_out, block_in);
+  check_no_overlap(out, "out",
+                   {{"grad_out", grad_out}, {"x", x}, {"block_row", block_row}, {"col_idx", col_idx}});
   const sk_cuda::DType dtype = cuda_dtype(x, "x");
   const c10::cuda::CUDAGuard guard(dev);
   const int64_t m = x.size(0), n = grad_out.size(1), k = x.size(1), nnz = col_idx.numel();
@@ -911,6 +1035,8 @@ Tensor esmm_forward_cuda(const Tensor& x, const Tensor& weight, const std::optio
                          const Tensor& row_ptr, const Tensor& col_idx, const std::optional<Tensor>& out) {
   TORCH_CHECK(x.is_cuda(), "x must be a CUDA tensor for the cuda backend, got ", x.device());
   check_linear_forward(x, weight, bias, x.device());
+  check_no_overlap(out, "out", {{"x", x}, {"weight", weight}, {"bias", bias.value_or(Tensor())},
+                                {"row_ptr", row_ptr}, {"col_idx", col_idx}});
   cuda_dtype(weight, "weight");
   check_element_index_cuda(row_ptr, "row_ptr", col_idx, "col_idx", weight.size(0), weight.size(1), x.device());
   // B = weight.T: output feature n's entries are weight[n, col].
@@ -922,6 +1048,8 @@ Tensor esmm_grad_input_cuda(const Tensor& grad_out, const Tensor& weight, const 
                             const Tensor& row_idx, const std::optional<Tensor>& out) {
   TORCH_CHECK(grad_out.is_cuda(), "grad_out must be a CUDA tensor for the cuda backend, got ", grad_out.device());
   check_linear_grad_input(grad_out, weight, grad_out.device());
+  check_no_overlap(out, "out",
+                   {{"grad_out", grad_out}, {"weight", weight}, {"col_ptr", col_ptr}, {"row_idx", row_idx}});
   cuda_dtype(weight, "weight");
   check_element_index_cuda(col_ptr, "col_ptr", row_idx, "row_idx", weight.size(1), weight.size(0), grad_out.device());
   // The forward kernels on the transposed index: input feature k's entries are weight[row, k].
@@ -934,6 +1062,7 @@ Tensor esmm_grad_weight_cuda(const Tensor& grad_out, const Tensor& x, const Tens
   TORCH_CHECK(x.is_cuda(), "x must be a CUDA tensor for the cuda backend, got ", x.device());
   const at::Device dev = x.device();
   check_linear_grad_weight(grad_out, x, dev);
+  check_no_overlap(out, "out", {{"grad_out", grad_out}, {"x", x}, {"row_ptr", row_ptr}, {"col_idx", col_idx}});
   const sk_cuda::DType dtype = cuda_dtype(x, "x");
   const int64_t m = x.size(0), n = grad_out.size(1), k = x.size(1), nnz = col_idx.numel();
   check_element_index_cuda(row_ptr, "row_ptr", col_idx, "col_idx", n, k, dev);
@@ -980,8 +1109,7 @@ const uint8_t* check_topk_cuda_args(const Tensor& weight, const std::optional<Te
   check_matrix(weight, "weight", weight.device());
   topk_keys(weight);
   TORCH_CHECK_VALUE(weight.numel() > 0, "weight must not be empty");
-  TORCH_CHECK_VALUE(at::has_internal_overlap(weight) != at::MemOverlap::Yes,
-                    "weight must not have overlapping entries (e.g. an expanded view)");
+  check_no_internal_overlap(weight);
   TORCH_CHECK_VALUE(sk_cuda::topk_ctas(weight.size(0), weight.size(1)) <= 0x7fffffff,
                     "weight has too many rows for the cuda projection's grid: ", weight.size(0));
   return forced_mask(forced, weight);
@@ -992,6 +1120,38 @@ void check_plan_tensor(const Tensor& t, const char* name, int64_t numel, const T
                         t.device() == weight.device() && t.is_contiguous(),
                     name, " must be the contiguous int64 tensor of ", numel, " entries on ", weight.device(),
                     " that topk_select_cuda returned for this weight");
+}
+
+// The plans topk_select_cuda handed out and the stamp of what each was made for (PlanStamp):
+// a plan's tensors live on the device, so its stamp stays here, keyed by its state tensor and
+// held weakly (a dropped plan's entry goes at the next select).
+struct CudaPlan {
+  WeakTensorImpl state, ties;
+  int64_t state_version, ties_version;
+  PlanStamp stamp;
+};
+std::mutex cuda_plans_mutex;
+std::vector<CudaPlan> cuda_plans;
+
+void remember_cuda_plan(const Tensor& state, const Tensor& ties_before, PlanStamp stamp) {
+  const std::lock_guard<std::mutex> lock(cuda_plans_mutex);
+  std::erase_if(cuda_plans, [](const CudaPlan& p) { return p.state.expired(); });
+  cuda_plans.push_back({WeakTensorImpl(state.getIntrusivePtr()), WeakTensorImpl(ties_before.getIntrusivePtr()),
+                        version_of(state), version_of(ties_before), stamp});
+}
+
+void check_cuda_plan(const Tensor& weight, const std::optional<Tensor>& forced, const Tensor& state,
+                     const Tensor& ties_before) {
+  const std::lock_guard<std::mutex> lock(cuda_plans_mutex);
+  for (const CudaPlan& p : cuda_plans) {
+    if (p.state._unsafe_get_target() != state.unsafeGetTensorImpl()) continue;
+    TORCH_CHECK_VALUE(p.ties._unsafe_get_target() == ties_before.unsafeGetTensorImpl() &&
+                          p.state_version == version_of(state) && p.ties_version == version_of(ties_before),
+                      "state and ties_before must be one plan from topk_select_cuda, unchanged");
+    check_plan_stamp(p.stamp.data(), weight, forced, "topk_select_cuda");
+    return;
+  }
+  TORCH_CHECK_VALUE(false, "state must be a plan's state that topk_select_cuda returned");
 }
 
 std::tuple<Tensor, Tensor> topk_select_cuda(const Tensor& weight, const std::optional<Tensor>& forced, int64_t k) {
@@ -1008,6 +1168,7 @@ std::tuple<Tensor, Tensor> topk_select_cuda(const Tensor& weight, const std::opt
                                      ties_before.data_ptr<int64_t>()};
   check_launch(sk_cuda::topk_select(args, c10::cuda::getCurrentCUDAStream(weight.device().index()).stream()),
                "topk_select_cuda");
+  remember_cuda_plan(state, ties_before, plan_stamp(weight, forced));
   return {state, ties_before};
 }
 
@@ -1019,6 +1180,7 @@ std::tuple<Tensor, std::optional<Tensor>> topk_apply_cuda(const Tensor& weight, 
   check_plan_tensor(ties_before, "ties_before", sk_cuda::topk_ctas(weight.size(0), weight.size(1)) + 1, weight);
   const bool per_block = block_out != 0 || block_in != 0;
   if (per_block) check_block_sides(block_out, block_in);
+  check_cuda_plan(weight, forced, state, ties_before);
   const c10::cuda::CUDAGuard guard(weight.device());
   Tensor nnz = at::zeros({1}, weight.options().dtype(at::kLong));
   std::optional<Tensor> counts;
@@ -1033,6 +1195,7 @@ std::tuple<Tensor, std::optional<Tensor>> topk_apply_cuda(const Tensor& weight, 
                                     static_cast<int>(block_in)};
   check_launch(sk_cuda::topk_apply(args, c10::cuda::getCurrentCUDAStream(weight.device().index()).stream()),
                "topk_apply_cuda");
+  bump_version(weight);
   return {nnz, counts};
 }
 
@@ -1068,10 +1231,8 @@ void register_cuda_activation(pybind11::module_& m) {
         const c10::cuda::CUDAGuard guard(x.device());
         Tensor values = output(values_out, x.sizes(), x);
         Tensor kept = output(kept_out, x.sizes(), at::empty({0}, x.options().dtype(at::kBool)));
-        TORCH_CHECK_VALUE(at::get_overlap_status(x, values) == at::MemOverlapStatus::No &&
-                              at::get_overlap_status(x, kept) == at::MemOverlapStatus::No &&
-                              at::get_overlap_status(values, kept) == at::MemOverlapStatus::No,
-                          "values_out and kept_out must not overlap x or each other");
+        check_no_overlap(values, "values_out", {{"x", x}, {"kept_out", kept}});
+        check_no_overlap(kept, "kept_out", {{"x", x}});
         const sk_cuda::AbsTopkArgs args{x.data_ptr(), values.data_ptr(),
                                         reinterpret_cast<uint8_t*>(kept.data_ptr<bool>()), rows, n, k, dtype};
         check_launch(sk_cuda::abs_topk(args, c10::cuda::getCurrentCUDAStream(x.device().index()).stream()),

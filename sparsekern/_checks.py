@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -40,3 +42,27 @@ def check_linear_args(x, weight, layout, bias, layout_type) -> None:
             raise ValueError(f"bias must have shape ({out_features},), got {tuple(bias.shape)}")
         if bias.dtype != weight.dtype or bias.device != weight.device:
             raise TypeError(f"bias must match weight ({_describe(weight)}), got {_describe(bias)}")
+
+
+def has_internal_overlap(t: torch.Tensor) -> bool:
+    """Whether two entries of the (at most) 2-D ``t`` are one memory location (an expanded or as_strided
+    view), exactly. With both sides above 1, strides ``a <= b`` and sides ``na``, ``nb``: some
+    ``i * b == j * a`` with ``0 < |i| < nb``, ``|j| < na`` exists iff ``b // g < na`` and
+    ``a // g < nb``, ``g = gcd(a, b)`` (``torch._debug_has_internal_overlap`` answers "too hard"
+    for such views)."""
+    if t.numel() == 0:
+        return False
+    dims = sorted((abs(stride), size) for stride, size in zip(t.stride(), t.shape) if size > 1)
+    if any(stride == 0 for stride, _ in dims):
+        return True
+    if len(dims) < 2:
+        return False
+    (a, na), (b, nb) = dims
+    g = math.gcd(a, b)
+    return b // g < na and a // g < nb
+
+
+def check_no_internal_overlap(t: torch.Tensor, name: str) -> None:
+    """For a tensor written in place: raises ValueError naming it when two of its entries share memory."""
+    if has_internal_overlap(t):
+        raise ValueError(f"{name} has overlapping memory (expanded?); clone() it")

@@ -22,7 +22,8 @@
 namespace sparsekern {
 namespace index {
 
-SK_HOST_DEVICE int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+// a >= 0, b > 0. Never overflows (a + b - 1 would, for a or b near INT64_MAX).
+SK_HOST_DEVICE int64_t ceil_div(int64_t a, int64_t b) { return a / b + (a % b != 0); }
 
 // The block sides the kernels are built for.
 SK_HOST_DEVICE bool valid_block_side(int64_t side) { return side == 16 || side == 32 || side == 64 || side == 128; }

@@ -333,6 +333,9 @@ void zero_inactive(void* raw, int64_t br0, int64_t br1) {
 
 bool bsmm_sampled(const SampledProblem& p, ParallelFor parallel_for) {
   if (p.dy_bf16 != nullptr && !sampled_takes_bf16()) return false;  // the binding asks first
+  if (p.n == 0 || p.k == 0) return true;  // dw is empty (and the panels' width below is 0)
+  // An empty batch (m = 0) sums nothing: the active blocks are zeros too.
+  const int64_t nnz = p.m > 0 ? p.nnz : 0;
   const int64_t nb_rows = index::num_blocks(p.n, p.block_out), nb_cols = index::num_blocks(p.k, p.block_in);
   // Scratch for the packed operands first, so that running out of memory leaves dw unwritten.
   // bf16 operands as they are (AMX): all of M at once. fp32: column panels of dy and x for a
@@ -349,16 +352,16 @@ bool bsmm_sampled(const SampledProblem& p, ParallelFor parallel_for) {
   const int64_t rows = std::max<int64_t>(chunk_rows, 1);
   const int64_t dy_floats = rows * nb_rows * p.block_out, x_floats = rows * nb_cols * p.block_in;
   thread_local KeptScratch kept_panels;
-  float* const packed = p.nnz == 0 ? nullptr
-                        : kept_panels.at_least(on_amx ? index::ceil_div(amx::sampled_scratch_elems(p), 2)
-                                                      : dy_floats + x_floats);
-  if (p.nnz > 0 && packed == nullptr) return false;
+  float* const packed = nnz == 0 ? nullptr
+                      : kept_panels.at_least(on_amx ? index::ceil_div(amx::sampled_scratch_elems(p), 2)
+                                                    : dy_floats + x_floats);
+  if (nnz > 0 && packed == nullptr) return false;
 
   std::vector<uint8_t> active(static_cast<size_t>(nb_rows * nb_cols), 0);
-  for (int64_t j = 0; j < p.nnz; ++j) active[p.block_row[j] * nb_cols + p.col_idx[j]] = 1;
+  for (int64_t j = 0; j < nnz; ++j) active[p.block_row[j] * nb_cols + p.col_idx[j]] = 1;
   ZeroFill z{&p, active.data(), nb_cols};
   if (nb_rows > 0) parallel_for(nb_rows, zero_inactive, &z);
-  if (p.nnz == 0) return true;
+  if (nnz == 0) return true;
   if (on_amx) return amx::sampled(p, parallel_for, reinterpret_cast<uint16_t*>(packed));
   float* const x_panels = packed + dy_floats;
   switch (active_isa()) {

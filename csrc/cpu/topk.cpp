@@ -53,6 +53,10 @@ int64_t topk_apply(void* data, TopkDtype dtype, int64_t rows, int64_t cols, cons
   if (rows <= 0 || cols <= 0 || data == nullptr || plan == nullptr || dtype < kTopkF32 || dtype > kTopkBF16)
     return -1;
   if (plan[kPlanChunks] < 1 || plan[kPlanChunks] > kTopkMaxChunks || plan[kPlanChunks] > rows) return -1;
+  // What apply sizes its buffers by: the entries kept, at most all of them.
+  if (plan[kPlanGreater] < 0 || plan[kPlanTies] < 0 || plan[kPlanGreater] > rows * cols ||
+      plan[kPlanTies] > rows * cols - plan[kPlanGreater])
+    return -1;
   if (block_out > 0 && (block_in <= 0 || block_counts == nullptr)) return -1;
   // The index holds int32 positions: rows and columns must fit.
   if (index != nullptr && (rows > INT32_MAX || cols > INT32_MAX)) return -1;

@@ -10,7 +10,10 @@
 #include <atomic>
 #include <cmath>
 #include <functional>
+#include <limits>
 #include <vector>
+
+#include "../common/block_index.h"
 
 #include "topk.h"
 
@@ -31,6 +34,19 @@ constexpr int64_t kRadixChunks = 16;
 // The bracket pass: from this many entries on, with a sample of kSample keys.
 constexpr int64_t kBracketMinElements = 1 << 18;
 constexpr int64_t kSample = 1 << 16;
+
+// Counters. A histogram bin may hold every entry of a chunk, and a chunk may be the whole
+// matrix (one row of 2^32 entries or more, an 8 GiB bf16 weight): bins are 64-bit. The hot
+// sub-histograms of the first digit count in `Sub` (32 bits: half the cache of 64) over
+// windows of at most Sub's maximum entries, so no counter can wrap, and are added into the
+// 64-bit bins after each window. (tests/cuda_host/topk_counts_check.cpp runs them with 8-bit
+// sub-counters.)
+using HistCount = uint64_t;
+using SubCount = uint32_t;
+template <class Sub>
+constexpr int64_t window_entries() {
+  return static_cast<int64_t>(std::numeric_limits<Sub>::max());
+}
 
 // Keys are |w|'s bits; the forced key sits above every finite magnitude (NaN/Inf are
 // rejected before any key is used, so it cannot collide with one).
@@ -84,31 +100,37 @@ inline uint32_t key_at(const typename K::Bits* p, const uint8_t* forced, int64_t
   return u;
 }
 
-// Histogram of the high digit of every key; returns whether any entry is NaN or Inf.
-// Four interleaved sub-histograms: neighbouring entries often share a bin, and one
-// histogram would serialise on that counter.
-template <class K, bool kForcedMask>
+// Histogram of the high digit of every key (hist: kBins, overwritten); returns whether any
+// entry is NaN or Inf. Four interleaved sub-histograms: neighbouring entries often share a
+// bin, and one histogram would serialise on that counter.
+template <class K, bool kForcedMask, class Sub = SubCount>
 bool high_digit_histogram(const typename K::Bits* p, const uint8_t* forced, int64_t begin, int64_t end,
-                          uint32_t* hist) {
+                          HistCount* hist) {
   // Padded stride: sub-histograms exactly 256 KiB apart would share cache sets.
   constexpr int64_t kStride = kBins + 64;
-  std::vector<uint32_t> sub(4 * kStride, 0);
+  std::vector<Sub> sub(4 * kStride, 0);
+  std::fill(hist, hist + kBins, HistCount{0});
   uint32_t bad = 0;
-  int64_t i = begin;
-  for (; i + 4 <= end; i += 4) {
-    for (int s = 0; s < 4; ++s) {
-      const uint32_t raw = p[i + s] & K::kMask;
-      bad |= raw >= K::kInf;
-      const uint32_t u = (kForcedMask && forced[i + s]) ? K::kForced : raw;
-      sub[s * kStride + (u >> K::kHighShift)]++;
+  for (int64_t w0 = begin; w0 < end; w0 += window_entries<Sub>()) {
+    const int64_t w1 = std::min(end, w0 + window_entries<Sub>());
+    int64_t i = w0;
+    for (; i + 4 <= w1; i += 4) {
+      for (int s = 0; s < 4; ++s) {
+        const uint32_t raw = p[i + s] & K::kMask;
+        bad |= raw >= K::kInf;
+        const uint32_t u = (kForcedMask && forced[i + s]) ? K::kForced : raw;
+        sub[s * kStride + (u >> K::kHighShift)]++;
+      }
     }
+    for (; i < w1; ++i) {
+      const uint32_t raw = p[i] & K::kMask;
+      bad |= raw >= K::kInf;
+      sub[((kForcedMask && forced[i]) ? K::kForced : raw) >> K::kHighShift]++;
+    }
+    for (int64_t b = 0; b < kBins; ++b)
+      hist[b] += HistCount{sub[b]} + sub[kStride + b] + sub[2 * kStride + b] + sub[3 * kStride + b];
+    if (w1 < end) std::fill(sub.begin(), sub.end(), Sub{0});
   }
-  for (; i < end; ++i) {
-    const uint32_t raw = p[i] & K::kMask;
-    bad |= raw >= K::kInf;
-    sub[((kForcedMask && forced[i]) ? K::kForced : raw) >> K::kHighShift]++;
-  }
-  for (int64_t b = 0; b < kBins; ++b) hist[b] = sub[b] + sub[kStride + b] + sub[2 * kStride + b] + sub[3 * kStride + b];
   return bad != 0;
 }
 
@@ -132,7 +154,7 @@ bool smallest_key(const typename K::Bits* p, const uint8_t* forced, int64_t begi
 // Histogram of the low 16 bits of the keys whose high digit is `high` (fp32 only).
 template <class K, bool kForcedMask>
 void low_digit_histogram(const typename K::Bits* p, const uint8_t* forced, int64_t begin, int64_t end,
-                         uint32_t high, uint32_t* hist) {
+                         uint32_t high, HistCount* hist) {
   for (int64_t i = begin; i < end; ++i) {
     const uint32_t u = key_at<K, kForcedMask>(p, forced, i);
     if ((u >> 16) == high) hist[u & 0xffffu]++;
@@ -141,7 +163,7 @@ void low_digit_histogram(const typename K::Bits* p, const uint8_t* forced, int64
 
 // The bin holding the k-th largest key (k >= 1, k <= sum of total); `above` gets the
 // number of keys in higher bins.
-uint32_t find_bin(const std::vector<uint64_t>& total, int64_t k, int64_t* above) {
+uint32_t find_bin(const std::vector<HistCount>& total, int64_t k, int64_t* above) {
   int64_t cum = 0;
   for (int64_t b = kBins - 1; b >= 0; --b) {
     if (cum + static_cast<int64_t>(total[b]) >= k) {
@@ -154,8 +176,8 @@ uint32_t find_bin(const std::vector<uint64_t>& total, int64_t k, int64_t* above)
   return 0;
 }
 
-std::vector<uint64_t> merge(const std::vector<uint32_t>& hists, int n_chunks) {
-  std::vector<uint64_t> total(kBins, 0);
+std::vector<HistCount> merge(const std::vector<HistCount>& hists, int n_chunks) {
+  std::vector<HistCount> total(kBins, 0);
   for (int c = 0; c < n_chunks; ++c)
     for (int64_t b = 0; b < kBins; ++b) total[b] += hists[c * kBins + b];
   return total;
@@ -279,7 +301,7 @@ bool select_by_bracket(const typename K::Bits* p, int64_t rows, int64_t cols, co
   return true;
 }
 
-template <class K, bool kForcedMask>
+template <class K, bool kForcedMask, class Sub = SubCount>
 TopkStatus select_impl(const typename K::Bits* p, int64_t rows, int64_t cols, const uint8_t* forced,
                        int64_t k, ParallelFor parallel_for, int64_t* plan) {
   const int64_t n = rows * cols;
@@ -315,11 +337,11 @@ TopkStatus select_impl(const typename K::Bits* p, int64_t rows, int64_t cols, co
   n_chunks = std::min(n_chunks, kRadixChunks);
   const int64_t nc = n_chunks;
   // Radix select.
-  std::vector<uint32_t> hists(n_chunks * kBins, 0);
+  std::vector<HistCount> hists(n_chunks * kBins, 0);
   std::vector<char> bad(n_chunks, 0);
   run_chunks(parallel_for, nc, [&](int c) {
-    bad[c] = high_digit_histogram<K, kForcedMask>(p, forced, chunk_row(rows, n_chunks, c) * cols,
-                                                  chunk_row(rows, n_chunks, c + 1) * cols, &hists[c * kBins]);
+    bad[c] = high_digit_histogram<K, kForcedMask, Sub>(p, forced, chunk_row(rows, n_chunks, c) * cols,
+                                                       chunk_row(rows, n_chunks, c + 1) * cols, &hists[c * kBins]);
   });
   for (int c = 0; c < nc; ++c)
     if (bad[c]) return kTopkNonFinite;
@@ -328,7 +350,7 @@ TopkStatus select_impl(const typename K::Bits* p, int64_t rows, int64_t cols, co
   uint32_t cutoff = find_bin(merge(hists, nc), k, &above);
   if (K::kHighShift > 0) {  // second digit, among the keys in the chosen high bin
     const uint32_t high = cutoff;
-    std::fill(hists.begin(), hists.end(), 0u);
+    std::fill(hists.begin(), hists.end(), HistCount{0});
     run_chunks(parallel_for, nc, [&](int c) {
       low_digit_histogram<K, kForcedMask>(p, forced, chunk_row(rows, n_chunks, c) * cols,
                                           chunk_row(rows, n_chunks, c + 1) * cols, high, &hists[c * kBins]);
@@ -339,7 +361,7 @@ TopkStatus select_impl(const typename K::Bits* p, int64_t rows, int64_t cols, co
     above += above_low;
   }
   // The last histogram's bin, per chunk, counts that chunk's ties.
-  for (int c = 0; c < nc; ++c) ties[c] = hists[c * kBins + (cutoff & 0xffffu)];
+  for (int c = 0; c < nc; ++c) ties[c] = static_cast<int64_t>(hists[c * kBins + (cutoff & 0xffffu)]);
   write_plan(plan, n_chunks, cutoff, above, k, ties);
   return kTopkOk;
 }
@@ -408,7 +430,7 @@ int64_t apply_impl(typename K::Bits* p, int64_t rows, int64_t cols, const uint8_
   const uint32_t cutoff = static_cast<uint32_t>(plan[kPlanCutoff]);
   const bool per_block = block_out > 0;
   const int64_t seg = per_block ? block_in : cols;
-  const int64_t n_block_cols = (cols + seg - 1) / seg;
+  const int64_t n_block_cols = index::ceil_div(cols, seg);
   std::vector<int64_t> nonzeros(n_chunks, 0);
   // Each chunk counts into its own block rows' slice; a block row split between two
   // chunks is summed after the join.
@@ -424,7 +446,8 @@ int64_t apply_impl(typename K::Bits* p, int64_t rows, int64_t cols, const uint8_
     const bool split_ties = budget > 0 && budget < plan[kPlanChunkTies + c];
     const uint32_t keep_from = budget > 0 ? cutoff : cutoff + 1;
     int64_t nz_total = 0, listed = 0;
-    if (index) kept[c].resize(expected_kept * (r1 - r0) / rows * 5 / 4 + cols);
+    // (In double: expected_kept * (r1 - r0) could pass 2^63.)
+    if (index) kept[c].resize(static_cast<int64_t>(1.25 * static_cast<double>(expected_kept) * (r1 - r0) / rows) + cols);
     const int64_t br0 = per_block ? r0 / block_out : 0;
     if (per_block && r1 > r0) local[c].assign(((r1 - 1) / block_out - br0 + 1) * n_block_cols, 0);
     for (int64_t r = r0; r < r1; ++r) {
@@ -471,7 +494,7 @@ int64_t apply_impl(typename K::Bits* p, int64_t rows, int64_t cols, const uint8_
     transpose_index(rows, cols, n_chunks, index, parallel_for);
   }
   if (per_block) {
-    const int64_t n_block_rows = (rows + block_out - 1) / block_out;
+    const int64_t n_block_rows = index::ceil_div(rows, block_out);
     std::fill(block_counts, block_counts + n_block_rows * n_block_cols, 0);
     for (int64_t c = 0; c < n_chunks; ++c) {
       const int64_t br0 = chunk_row(rows, n_chunks, c) / block_out;

@@ -11,7 +11,8 @@ The rule, the same on every backend (the sort-based reference is its definition)
 
 Magnitude is ``|w|`` per entry in element mode, the block's L2 norm in block mode. If
 ``k`` exceeds the nonzeros, some kept entries are zeros: ``nnz`` is then below ``k``.
-Every check runs before anything is written, so a failed call changes nothing.
+Every check runs before anything is written, so a failed call changes nothing. An empty
+weight keeps nothing (``k`` must be 0) and is left as it is.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import NamedTuple
 
 import torch
 
-from .._checks import check_floating
+from .._checks import check_floating, check_no_internal_overlap
 from ..element.layout import ElementLayout
 from ..block.layout import block_grid, expand_block_mask, normalize_block_size
 from . import reference
@@ -57,19 +58,32 @@ def _check_count(value, name: str, upper: int, what: str) -> int:
     return int(value)
 
 
+def _stamp(weight: torch.Tensor) -> tuple:
+    """What a plan depends on: the weight's storage, shape, strides, dtype and version counter
+    (which every in-place change through torch bumps, the projection's own writes included)."""
+    version = None if weight.is_inference() else weight._version
+    return weight.data_ptr(), tuple(weight.shape), weight.stride(), weight.dtype, weight.device, version
+
+
 class _Prepared:
-    """A checked, planned projection: nothing is written until ``apply()``."""
+    """A checked, planned projection: nothing is written until ``apply()``, which refuses to run
+    if the weight changed since (its storage, shape or values: the plan would keep the wrong
+    entries), and so also runs at most once."""
 
     def __init__(self, weight, k, granularity, block_size, min_per_row, min_per_col, backend, element_layout):
         check_floating(weight, "weight")
-        if weight.dim() != 2 or weight.numel() == 0:
-            raise ValueError(f"weight must be a non-empty 2-D tensor, got shape {tuple(weight.shape)}")
+        if weight.dim() != 2:
+            raise ValueError(f"weight must be a 2-D tensor, got shape {tuple(weight.shape)}")
+        # Written in place: a location shared by two entries would be ranked (and kept or
+        # zeroed) twice.
+        check_no_internal_overlap(weight, "weight")
         if granularity not in GRANULARITIES:
             raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
         if block_size is not None:
             block_size = normalize_block_size(block_size)
         elif granularity == "block":
             raise ValueError("block_size is required when granularity='block'")
+        self.source, self.stamp = weight, _stamp(weight)  # the caller's tensor, as it is now
         self.weight = weight.detach()
         self.granularity = granularity
         self.element_layout = bool(element_layout)
@@ -80,6 +94,8 @@ class _Prepared:
         self.min_per_row = _check_count(min_per_row, "min_per_row", cols, f"{unit} in a row")
         self.min_per_col = _check_count(min_per_col, "min_per_col", rows, f"{unit} in a column")
         self.backend = REGISTRY.select(backend, weight.device, weight.dtype, None)
+        if weight.numel() == 0:  # nothing to rank, nothing to write (k is 0)
+            return
         # Block scores are a torch computation over the weight: check it first.
         if granularity == "block" or not self.backend.checks_finite:
             if not bool(torch.isfinite(self.weight).all()):
@@ -96,6 +112,15 @@ class _Prepared:
         self.plan = self.backend.plan(self.weight, self.k, self.forced)
 
     def apply(self) -> ProjectionResult:
+        if _stamp(self.source) != self.stamp:
+            raise RuntimeError("weight changed after this projection was planned (its storage, shape or values; "
+                               "or the plan was applied already): plan it again")
+        if self.weight.numel() == 0:
+            counts = None
+            if self.block_size is not None:
+                counts = torch.zeros(block_grid(tuple(self.weight.shape), self.block_size), dtype=torch.int32,
+                                     device=self.weight.device)
+            return ProjectionResult(float("inf"), 0, 0, counts, self._layout(None))
         if self.granularity == "block":
             self.weight.masked_fill_(~expand_block_mask(self.keep, self.block_size, self.weight.shape), 0)
             kept = self.scores[self.keep]

@@ -18,7 +18,7 @@ from .aot import ARCHS, compile_for_gpu
 from .aot import report_in_subprocess as _report_in_subprocess
 from .config import TRITON_DTYPES
 
-_POINTERS = {"hist_ptr": "*i32", "ties_ptr": "*i32", "counts_ptr": "*i32", "state_ptr": "*i64",
+_POINTERS = {"hist_ptr": "*i64", "ties_ptr": "*i32", "counts_ptr": "*i32", "state_ptr": "*i64",
              "ties_before_ptr": "*i64", "nnz_ptr": "*i64", "forced_ptr": "*i1"}
 
 

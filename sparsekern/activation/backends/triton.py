@@ -15,6 +15,9 @@ import torch
 from ..._alloc import poisoned_output_or_none
 from ...backend import TritonRules
 
+# The kernel counts a row's keys in int32 (as the cpu and cuda backends do): rows up to 2^31 - 1.
+MAX_ROW = 2**31 - 1
+
 
 class AbsTopKTritonBackend(TritonRules):
     def forward(self, x2d: torch.Tensor, k: int):
@@ -22,6 +25,8 @@ class AbsTopKTritonBackend(TritonRules):
         from ..triton.abs_topk import _abs_topk_kernel, abs_topk_config
 
         rows, n = x2d.shape
+        if n > MAX_ROW:
+            raise ValueError(f"x's rows must be shorter than 2^31 for the triton backend (int32 counts), got {n}")
         # Under the tests' poison switch both outputs come pre-filled (values NaN, kept True),
         # so an entry the kernel does not write shows.
         values = poisoned_output_or_none((rows, n), x2d)

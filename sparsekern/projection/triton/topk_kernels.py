@@ -46,9 +46,10 @@ def _topk_hist_kernel(w_ptr, forced_ptr, hist_ptr, state_ptr, cols, stride_r, st
         prefix = tl.load(state_ptr).to(tl.int32)
         sel = valid & ((key >> (SHIFT + 8)) == prefix)
     digit = (key >> SHIFT) & 255
-    counts = tl.histogram(digit, 256, mask=sel)
+    counts = tl.histogram(digit, 256, mask=sel)  # at most BLOCK_C: int32 is enough here
     bins = tl.arange(0, 256)
-    tl.atomic_add(hist_ptr + bins, counts, mask=counts > 0)
+    # The global bins count the whole weight: 64-bit (hist is int64).
+    tl.atomic_add(hist_ptr + bins, counts.to(tl.int64), mask=counts > 0)
 
 
 @triton.jit
@@ -64,7 +65,7 @@ def _topk_pick_kernel(hist_ptr, state_ptr):
     prefix = tl.load(state_ptr)
     tl.store(state_ptr, prefix * 256 + digit)
     tl.store(state_ptr + 1, remaining - above)
-    tl.store(hist_ptr + bins, tl.zeros_like(h).to(tl.int32))  # ready for the next digit
+    tl.store(hist_ptr + bins, tl.zeros_like(h))  # ready for the next digit
 
 
 @triton.jit
