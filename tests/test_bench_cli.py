@@ -156,7 +156,9 @@ def test_compare_prints_ratio_to_earlier_run(tmp_path, capsys):
     rows = [line.split() for line in body.splitlines()[3:] if line.strip()]
     assert len(rows) == 4 * (1 + len(json.load(open(old))["meta"]["backends"]))  # every row matched
     for cells in rows:
-        assert float(cells[7]) > 0  # old/new, a ratio for every row (the same cases ran before)
+        # old/new: a number for every row (the same cases ran before; "new" where none did). Its
+        # value is timing: a loaded machine can make a tiny case 100x slower, so only its sign counts.
+        assert float(cells[7]) >= 0
 
 
 # ------------------------------------------------------------------ the correctness flag
