@@ -110,6 +110,10 @@ SHAPES = [
     (96, 80, 1, (32, 16), 1.0),  # full layout, a single row
     (50, 40, 3, (16, 16), 0.0),  # empty layout: y = bias, dx = 0, dW = 0
     (64, 2100, 150, (16, 128), 0.4),  # long rows: M tiles smaller than M, many slivers
+    # Block rows of many blocks (about 56 active), the last one cut at the K edge (1000 = 62 x 16
+    # + 8); the second shape for the input gradient, which walks the 1000-wide side.
+    (96, 1000, 40, (32, 16), 0.9),
+    (1000, 96, 40, (16, 32), 0.9),
 ]
 
 

@@ -35,12 +35,15 @@ using index::block_extent;
 // ------------------------------------------------------------------ tuning
 // VL lanes (simd.h). Forward microtile: NV <= FWD_MAX_NV vectors wide (a wider panel of a 64-wide
 // block row no longer fits L1), FWD_ACC accumulators (FWD_MR1 rows when one vector wide).
-// Weight-gradient microtile: NV <= MAX_NV vectors, GW_ACC accumulators. Tuned on a
-// Sapphire Rapids core; AVX2 has 16 registers, hence the smaller tiles.
+// Weight-gradient microtile: NV <= MAX_NV vectors, GW_ACC accumulators (GW_ACC / NV rows of dy;
+// where that does not divide the block side, the block's last rows take a smaller tile). Tuned
+// on a Sapphire Rapids core for AVX-512; AVX2 has 16 registers, hence the smaller tiles, measured
+// on an AMD EPYC (Zen 3): 6 x 16 forward, 3 x 32 weight gradient (with 4 x 16 the backward at
+// block 32 took 1.2-1.4x as long).
 #if defined(SK_KERNELS_AVX512)
 constexpr int MAX_NV = 4, FWD_MAX_NV = 2, FWD_ACC = 28, FWD_MR1 = 16, GW_ACC = 16;
 #else
-constexpr int MAX_NV = 2, FWD_MAX_NV = 2, FWD_ACC = 12, FWD_MR1 = 12, GW_ACC = 8;
+constexpr int MAX_NV = 4, FWD_MAX_NV = 2, FWD_ACC = 12, FWD_MR1 = 12, GW_ACC = 12;
 #endif
 
 inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
@@ -174,12 +177,33 @@ void pack_rows(const float* a, int64_t lda, int64_t rows, int64_t n_in, float* d
   }
 }
 
-// acc[MR][NV] += sliver[MR rows] @ panels of blocks [jb, je) (chunk `chunk` of each).
+// One step k of a microtile: acc[MR][NV] += x[r * KG] (r < MR) x w[0 : NV * VL].
 template <int MR, int NV>
-inline void dense_sparse_micro(const float* sliver, const int32_t* idx, int64_t jb, int64_t je, int64_t bi,
-                               int64_t n_in, const float* panels, const int64_t* offset, int64_t chunk,
-                               Vec (&acc)[MR][NV]) {
+inline void dense_sparse_step(const float* x, const float* w, Vec (&acc)[MR][NV]) {
+  Vec wv[NV];
+  for (int v = 0; v < NV; ++v) wv[v] = vload(w + v * VL);
+  for (int r = 0; r < MR; ++r) {
+    const Vec xb = vbroadcast(x + r * KG);
+    for (int v = 0; v < NV; ++v) acc[r][v] = vfma(xb, wv[v], acc[r][v]);
+  }
+}
+
+// out[MR][NV * VL] = sliver[MR rows] @ panels of blocks [jb, je) (chunk `chunk` of each).
+// Kept out of line, so that the registers are the loop's own (on AVX2 the 16 ymm hold 12
+// accumulators, 2 panel vectors and a broadcast); a call per microtile is a few cycles in
+// thousands.
+template <int MR, int NV>
+__attribute__((noinline)) void dense_sparse_micro(const float* sliver, const int32_t* idx, int64_t jb, int64_t je,
+                                                  int64_t bi, int64_t n_in, const float* panels,
+                                                  const int64_t* offset, int64_t chunk, float* out) {
   constexpr int NC = NV * VL;
+  // Prefetches: one per 64-byte line (a step of the panel is NC floats; a group of the sliver
+  // is MR lines, asked for over its first MR steps).
+  constexpr int W_LINE = 16 / VL > 0 ? 16 / VL : 1;
+  static_assert(MR <= KG, "a group's lines are prefetched one per step");
+  Vec acc[MR][NV];
+  for (int r = 0; r < MR; ++r)
+    for (int v = 0; v < NV; ++v) acc[r][v] = vzero();
   for (int64_t j = jb; j < je; ++j) {
     const int64_t col = idx[j];
     const int64_t ke = block_extent(col, bi, n_in);
@@ -190,21 +214,50 @@ inline void dense_sparse_micro(const float* sliver, const int32_t* idx, int64_t 
     const int64_t jn = j + 1 < je ? j + 1 : j;
     const float* w_next = panels + offset[jn] + chunk * block_extent(idx[jn], bi, n_in) * NC;
     const float* x_next = sliver + idx[jn] * bi * MR;
-    for (int64_t k0 = 0; k0 < ke; k0 += KG, x += MR * KG) {
+    for (int64_t k0 = 0; k0 < ke; k0 += KG, x += MR * KG, x_next += MR * KG) {
       const int64_t kn = min64(KG, ke - k0);
-      for (int64_t k = 0; k < kn; ++k) {
-        for (int v = 0; v < NV; ++v) __builtin_prefetch(w_next + v * VL, 0, 3);
-        __builtin_prefetch(x_next + k * MR, 0, 3);
-        Vec wv[NV];
-        for (int v = 0; v < NV; ++v) wv[v] = vload(w + v * VL);
-        for (int r = 0; r < MR; ++r) {
-          const Vec xb = vbroadcast(x + r * KG + k);
-          for (int v = 0; v < NV; ++v) acc[r][v] = vfma(xb, wv[v], acc[r][v]);
-        }
-        w += NC;
-        w_next += NC;
+      for (int64_t k = 0; k < kn; ++k, w += NC, w_next += NC) {
+        for (int v = 0; v < NV; v += W_LINE) __builtin_prefetch(w_next + v * VL, 0, 3);
+        if (k < MR) __builtin_prefetch(x_next + k * 16, 0, 3);
+        dense_sparse_step<MR, NV>(x + k, w, acc);
       }
-      x_next += MR * KG;
+    }
+  }
+  for (int r = 0; r < MR; ++r)
+    for (int v = 0; v < NV; ++v) vstore(out + r * NC + v * VL, acc[r][v]);
+}
+
+// y[rows][cols] (leading dimension ldy) = res[rows][NC] + bias (or none). `cols` < NC only at
+// a partial edge block; fp32 rows of whole vectors are stored past the caches where `stream`.
+template <int NC>
+inline void store_microtile(float* res, int64_t rows, int64_t cols, const float* bias, void* y_base, DType y_dtype,
+                            int64_t y0, int64_t ldy, bool stream) {
+  if (cols == NC && y_dtype == DType::kFloat32) {
+    float* y = static_cast<float*>(y_base) + y0;
+    Vec b[NC / VL];
+    for (int v = 0; v < NC / VL; ++v) b[v] = bias ? vload(bias + v * VL) : vzero();
+    for (int64_t r = 0; r < rows; ++r) {
+      for (int v = 0; v < NC / VL; ++v) {
+        Vec a = vload(res + r * NC + v * VL);
+        if (bias) a = vadd(a, b[v]);
+        if (stream)
+          vstream(y + r * ldy + v * VL, a);
+        else
+          vstore(y + r * ldy + v * VL, a);
+      }
+    }
+    return;
+  }
+  for (int64_t r = 0; r < rows; ++r) {  // a partial edge block (only `cols` columns exist), or bf16 output
+    float* tmp = res + r * NC;
+    if (bias)
+      for (int64_t q = 0; q < cols; ++q) tmp[q] += bias[q];
+    if (y_dtype == DType::kFloat32) {
+      float* y = static_cast<float*>(y_base) + y0 + r * ldy;
+      for (int64_t q = 0; q < cols; ++q) y[q] = tmp[q];
+    } else {
+      uint16_t* y = static_cast<uint16_t*>(y_base) + y0 + r * ldy;
+      for (int64_t q = 0; q < cols; ++q) y[q] = float_to_bf16(tmp[q]);
     }
   }
 }
@@ -235,42 +288,10 @@ void dense_sparse_tiles(void* raw, int64_t t0, int64_t t1) {
       const int64_t cols = min64(NC, ne - chunk * NC);
       const float* bias = p.bias ? p.bias + br * bo + chunk * NC : nullptr;
       for (int64_t r0 = 0; r0 < rows_tile; r0 += MR) {
-        Vec acc[MR][NV];
-        for (int r = 0; r < MR; ++r)
-          for (int v = 0; v < NV; ++v) acc[r][v] = vzero();
-        dense_sparse_micro<MR, NV>(tile + r0 / MR * sliver, p.idx, jb, je, bi, n_in, c.panels, c.offset, chunk, acc);
-        const int64_t rows = min64(MR, rows_tile - r0);
-        const int64_t y0 = (m0 + r0) * p.ldy + br * bo + chunk * NC;
-        if (cols == NC && p.y_dtype == DType::kFloat32) {
-          float* y = static_cast<float*>(p.y) + y0;
-          if (bias) {
-            for (int v = 0; v < NV; ++v) {
-              const Vec b = vload(bias + v * VL);
-              for (int r = 0; r < MR; ++r) acc[r][v] = vadd(acc[r][v], b);
-            }
-          }
-          if (c.stream) {
-            for (int64_t r = 0; r < rows; ++r)
-              for (int v = 0; v < NV; ++v) vstream(y + r * p.ldy + v * VL, acc[r][v]);
-          } else {
-            for (int64_t r = 0; r < rows; ++r)
-              for (int v = 0; v < NV; ++v) vstore(y + r * p.ldy + v * VL, acc[r][v]);
-          }
-        } else {  // a partial edge block (only `cols` columns exist), or bf16 output
-          float tmp[NC];
-          for (int64_t r = 0; r < rows; ++r) {
-            for (int v = 0; v < NV; ++v) vstore(tmp + v * VL, acc[r][v]);
-            if (bias)
-              for (int64_t q = 0; q < cols; ++q) tmp[q] += bias[q];
-            if (p.y_dtype == DType::kFloat32) {
-              float* y = static_cast<float*>(p.y) + y0 + r * p.ldy;
-              for (int64_t q = 0; q < cols; ++q) y[q] = tmp[q];
-            } else {
-              uint16_t* y = static_cast<uint16_t*>(p.y) + y0 + r * p.ldy;
-              for (int64_t q = 0; q < cols; ++q) y[q] = float_to_bf16(tmp[q]);
-            }
-          }
-        }
+        alignas(64) float res[MR * NC];
+        dense_sparse_micro<MR, NV>(tile + r0 / MR * sliver, p.idx, jb, je, bi, n_in, c.panels, c.offset, chunk, res);
+        store_microtile<NC>(res, min64(MR, rows_tile - r0), cols, bias, p.y, p.y_dtype,
+                            (m0 + r0) * p.ldy + br * bo + chunk * NC, p.ldy, c.stream);
       }
     }
   }
@@ -367,6 +388,15 @@ inline void sampled_micro(const float* dy, int64_t ldd, const float* x, int64_t 
     for (int v = 0; v < NV; ++v) vstore(buf + r * ldb + v * VL, acc[r][v]);
 }
 
+// sampled_micro for rows < MR rows of dy (the last rows of a block whose side MR does not
+// divide): the tile of that many rows.
+template <int MR, int NV>
+inline void sampled_micro_rows(int64_t rows, const float* dy, int64_t ldd, const float* x, int64_t ldx, int64_t mc,
+                               float* buf, int64_t ldb, bool first, const float* ahead, int64_t ahead_lines) {
+  if (rows >= MR) return sampled_micro<MR, NV>(dy, ldd, x, ldx, mc, buf, ldb, first, ahead, ahead_lines);
+  if constexpr (MR > 1) sampled_micro_rows<MR - 1, NV>(rows, dy, ldd, x, ldx, mc, buf, ldb, first, ahead, ahead_lines);
+}
+
 template <int NV>
 void sampled_blocks(void* raw, int64_t j0, int64_t j1) {
   constexpr int NC = NV * VL, MR = GW_ACC / NV;
@@ -407,7 +437,7 @@ void sampled_blocks(void* raw, int64_t j0, int64_t j1) {
         const float* dy_ahead = j + 1 == jb && m0 + M_CHUNK < c.rows ? dy_panel + (m0 + M_CHUNK) * bo : nullptr;
         // Their lines are spread over the block's microtiles: the next x chunk over all of
         // them, or over the first half and the next dy chunk over the second.
-        const int64_t tiles = (bo / MR) * index::ceil_div(bi, NC);
+        const int64_t tiles = index::ceil_div(bo, MR) * index::ceil_div(bi, NC);
         const int64_t x_tiles = dy_ahead && tiles > 1 ? tiles / 2 : tiles;
         const int64_t x_lines = x_ahead ? mc * bi / 16 : 0, dy_lines = dy_ahead && tiles > 1 ? mc * bo / 16 : 0;
         int64_t u = 0;
@@ -418,8 +448,16 @@ void sampled_blocks(void* raw, int64_t j0, int64_t j1) {
             const int64_t n = on_x ? x_tiles : tiles - x_tiles, v = on_x ? u : u - x_tiles;
             const int64_t l0 = lines * v / n, l1 = lines * (v + 1) / n;
             const float* ahead = (on_x ? x_ahead : dy_ahead);
-            sampled_micro<MR, NV>(dy_panel + m0 * bo + i0, bo, x_panel + q0, bi, mc, a + i0 * ld_a + q0, ld_a, first,
-                                  ahead ? ahead + 16 * l0 : nullptr, l1 - l0);
+            const float* dy_tile = dy_panel + m0 * bo + i0;
+            const float* x_tile = x_panel + q0;
+            float* a_tile = a + i0 * ld_a + q0;
+            if (i0 + MR <= bo) {
+              sampled_micro<MR, NV>(dy_tile, bo, x_tile, bi, mc, a_tile, ld_a, first, ahead ? ahead + 16 * l0 : nullptr,
+                                    l1 - l0);
+            } else if constexpr (16 % MR != 0) {  // never taken where MR divides every block side
+              sampled_micro_rows<MR - 1, NV>(bo - i0, dy_tile, bo, x_tile, bi, mc, a_tile, ld_a, first,
+                                             ahead ? ahead + 16 * l0 : nullptr, l1 - l0);
+            }
           }
         }
       }
