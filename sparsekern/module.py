@@ -253,15 +253,11 @@ class SparseLinear(nn.Module):
         projection's own pass (its per-block counts, or the element index it listed while
         writing), then, with ``format="auto"``, chooses the format again. ``plan`` must come
         from this layer's ``plan_projection`` (a plan for another weight raises, writing nothing)."""
-        planned = getattr(plan, "weight", None)
-        if not isinstance(planned, torch.Tensor) or not callable(getattr(plan, "apply", None)):
+        if not callable(getattr(plan, "made_for", None)):
             raise TypeError(f"plan must come from plan_projection, got {type(plan).__name__}")
-        weight = self.weight
-        if not (planned.data_ptr() == weight.data_ptr() and planned.shape == weight.shape
-                and planned.stride() == weight.stride() and planned.dtype == weight.dtype
-                and planned.device == weight.device):
-            raise ValueError("plan was prepared for another weight than this layer's: make it with this "
-                             "layer's plan_projection")
+        if not plan.made_for(self.weight):
+            raise ValueError("plan was prepared for another weight than this layer's (or before it changed): make "
+                             "it with this layer's plan_projection")
         result = plan.apply()
         shape = (self.out_features, self.in_features)
         if self._sparsity_of(plan.granularity) == "element":

@@ -28,7 +28,7 @@ from torch.nn.utils import parametrize
 
 from .block.layout import check_density, normalize_block_size
 from .formats import check_format
-from .module import SparseLinear, _is_conv1d
+from .module import SparseLinear, _check_bool, _is_conv1d
 from .projection.backends import REGISTRY as PROJECTION_BACKENDS
 from .projection.topk_project import GRANULARITIES
 
@@ -301,8 +301,7 @@ class Projector:
                  backend: str | None = None, rollback: bool = True):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        if not isinstance(rollback, bool):
-            raise TypeError(f"rollback must be a bool, got {rollback!r}")
+        _check_bool(rollback, "rollback")
         named = [(name, m) for name, m in model.named_modules() if isinstance(m, SparseLinear)]
         if not named:
             raise ValueError("model holds no SparseLinear (use sparsekern.sparsify first)")
@@ -312,8 +311,7 @@ class Projector:
             raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
         if isinstance(min_per_neuron, bool) or not isinstance(min_per_neuron, numbers.Integral) or min_per_neuron < 0:
             raise ValueError(f"min_per_neuron must be an int >= 0, got {min_per_neuron!r}")
-        if not isinstance(zero_pruned_state, bool):
-            raise TypeError(f"zero_pruned_state must be a bool, got {zero_pruned_state!r}")
+        _check_bool(zero_pruned_state, "zero_pruned_state")
         if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
         if zero_pruned_state and optimizer is None:

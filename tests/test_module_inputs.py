@@ -7,23 +7,7 @@ import torch
 from torch import nn
 
 from sparsekern import BlockLayout, ElementLayout, SparseLinear
-
-
-class Conv1D(nn.Module):
-    """Hugging Face's ``transformers.pytorch_utils.Conv1D`` as it is written there (weight
-    ``[in, out]``), without importing transformers."""
-
-    def __init__(self, nf, nx):
-        super().__init__()
-        self.nf = nf
-        self.nx = nx
-        self.weight = nn.Parameter(torch.empty(nx, nf))
-        self.bias = nn.Parameter(torch.zeros(nf))
-        nn.init.normal_(self.weight, std=0.02)
-
-    def forward(self, x):
-        size_out = x.size()[:-1] + (self.nf,)
-        return torch.addmm(self.bias, x.view(-1, x.size(-1)), self.weight).view(size_out)
+from conv1d import Conv1D
 
 
 def _linear_with_zeros(n_out=32, n_in=48) -> nn.Linear:

@@ -10,26 +10,9 @@ import torch
 from torch import nn
 
 from sparsekern import Projector, SparseLinear, count_for_density, sparsify
+from conv1d import Conv1D
 from linear_cases import layout_of_weight
 from projection_cases import bits
-
-
-class Conv1D(nn.Module):
-    """A faithful stand-in for Hugging Face's ``transformers.pytorch_utils.Conv1D``
-    (GPT-2's layers): ``y = x @ weight + bias`` with ``weight`` ``[nx, nf]``."""
-
-    def __init__(self, nf, nx):
-        super().__init__()
-        self.nf = nf
-        self.nx = nx
-        self.weight = nn.Parameter(torch.empty(nx, nf))
-        self.bias = nn.Parameter(torch.zeros(nf))
-        nn.init.normal_(self.weight, std=0.02)
-
-    def forward(self, x):
-        size_out = x.size()[:-1] + (self.nf,)
-        x = torch.addmm(self.bias, x.view(-1, x.size(-1)), self.weight)
-        return x.view(size_out)
 
 
 class TiedLM(nn.Module):

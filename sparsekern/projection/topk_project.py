@@ -111,8 +111,12 @@ class _Prepared:
             reference.check_floor_count(count, self.k, self.min_per_row, self.min_per_col)
         self.plan = self.backend.plan(self.weight, self.k, self.forced)
 
+    def made_for(self, weight: torch.Tensor) -> bool:
+        """Whether this plan was made for ``weight`` as it is now."""
+        return _stamp(weight) == self.stamp
+
     def apply(self) -> ProjectionResult:
-        if _stamp(self.source) != self.stamp:
+        if not self.made_for(self.source):
             raise RuntimeError("weight changed after this projection was planned (its storage, shape or values; "
                                "or the plan was applied already): plan it again")
         if self.weight.numel() == 0:
