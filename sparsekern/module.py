@@ -15,28 +15,12 @@ from .formats import FORMATS, check_format, choose_format, entry_count, layout_f
 from .block.layout import (BlockLayout, block_grid, blockwise_any, check_density, count_for_density,
                            expand_block_mask, normalize_block_size)
 from .linear import sparse_linear
+from .mask_bits import pack_mask, unpack_mask  # noqa: F401  (re-exported)
 from .projection.reference import block_norms, top_blocks  # noqa: F401  (re-exported)
 from .projection.topk_project import GRANULARITIES, prepare_projection
 
 #: The state_dict entry (after the layer's prefix) holding the layout, as ``pack_mask`` bits.
 LAYOUT_MASK = "layout_mask"
-_BIT_VALUES = (1, 2, 4, 8, 16, 32, 64, 128)
-
-
-def pack_mask(mask: torch.Tensor) -> torch.Tensor:
-    """bool ``[rows, cols]`` -> uint8 ``[rows, ceil(cols / 8)]``: entry ``(r, 8 * b + j)`` is bit ``j``
-    of byte ``(r, b)`` (little-endian along a row; the padding bits are 0). Any device."""
-    rows, cols = mask.shape
-    padded = torch.zeros((rows, math.ceil(cols / 8) * 8), dtype=torch.uint8, device=mask.device)
-    padded[:, :cols] = mask
-    bits = torch.tensor(_BIT_VALUES, dtype=torch.uint8, device=mask.device)
-    return (padded.view(rows, -1, 8) * bits).sum(-1, dtype=torch.uint8)
-
-
-def unpack_mask(packed: torch.Tensor, cols: int) -> torch.Tensor:
-    """The inverse of ``pack_mask``: the bool ``[rows, cols]`` mask (padding bits ignored)."""
-    bits = torch.tensor(_BIT_VALUES, dtype=torch.uint8, device=packed.device)
-    return ((packed.unsqueeze(-1) & bits) != 0).view(packed.shape[0], -1)[:, :cols].contiguous()
 
 
 def _is_conv1d(layer) -> bool:

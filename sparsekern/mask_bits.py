@@ -1,0 +1,26 @@
+"""Bool masks as bits: the layout's form in a checkpoint (``SparseLinear``'s ``layout_mask``)
+and on the wire (the sharded projection gathers the layout of every shard this way)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+_BIT_VALUES = (1, 2, 4, 8, 16, 32, 64, 128)
+
+
+def pack_mask(mask: torch.Tensor) -> torch.Tensor:
+    """bool ``[rows, cols]`` -> uint8 ``[rows, ceil(cols / 8)]``: entry ``(r, 8 * b + j)`` is bit ``j``
+    of byte ``(r, b)`` (little-endian along a row; the padding bits are 0). Any device."""
+    rows, cols = mask.shape
+    padded = torch.zeros((rows, math.ceil(cols / 8) * 8), dtype=torch.uint8, device=mask.device)
+    padded[:, :cols] = mask
+    bits = torch.tensor(_BIT_VALUES, dtype=torch.uint8, device=mask.device)
+    return (padded.view(rows, -1, 8) * bits).sum(-1, dtype=torch.uint8)
+
+
+def unpack_mask(packed: torch.Tensor, cols: int) -> torch.Tensor:
+    """The inverse of ``pack_mask``: the bool ``[rows, cols]`` mask (padding bits ignored)."""
+    bits = torch.tensor(_BIT_VALUES, dtype=torch.uint8, device=packed.device)
+    return ((packed.unsqueeze(-1) & bits) != 0).view(packed.shape[0], -1)[:, :cols].contiguous()
