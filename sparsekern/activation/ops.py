@@ -22,7 +22,9 @@ def abs_topk(x: Tensor, k: int, backend: str) -> tuple[Tensor, Tensor]:
     # Backends take contiguous 2-D rows; the row count is explicit, as reshape(-1, 0) is ambiguous.
     x2d = x.reshape(math.prod(x.shape[:-1]), n).contiguous()
     values, kept = get_backend(backend).forward(x2d, k)
-    return values.view(x.shape), kept.view(x.shape)
+    # Not .view: the outputs would be views of the backend's tensors, and a module returning a view
+    # makes FSDP2 warn at every forward. Nothing else holds them, so _unsafe_view is safe.
+    return torch.ops.aten._unsafe_view(values, x.shape), torch.ops.aten._unsafe_view(kept, x.shape)
 
 
 @abs_topk.register_fake
