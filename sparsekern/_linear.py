@@ -36,3 +36,10 @@ def autocast_args(x, weight, bias):
     return tuple(t.to(dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() else t
                  for t in (x, weight, bias))
 
+
+def output_of_shape(y: torch.Tensor, shape) -> torch.Tensor:
+    """The Function's 2-D output ``y`` reshaped to ``shape``, as a tensor of its own: a view (what
+    ``y.reshape`` gives) makes FSDP2 warn at every forward, since an in-place op on a returned view
+    would skip its pre-backward hook. Nothing else holds ``y``, so ``_unsafe_view`` (what torch's
+    matmul does) is safe."""
+    return torch.ops.aten._unsafe_view(y, shape)

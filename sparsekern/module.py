@@ -17,7 +17,7 @@ from .block.layout import (BlockLayout, block_grid, blockwise_any, check_density
 from .linear import sparse_linear
 from .mask_bits import pack_mask, unpack_mask  # noqa: F401  (re-exported)
 from .projection.reference import block_norms, top_blocks  # noqa: F401  (re-exported)
-from .projection.topk_project import GRANULARITIES, prepare_projection
+from .projection.topk_project import GRANULARITIES, is_dtensor, prepare_projection
 
 #: The state_dict entry (after the layer's prefix) holding the layout, as ``pack_mask`` bits.
 LAYOUT_MASK = "layout_mask"
@@ -29,6 +29,28 @@ def _is_conv1d(layer) -> bool:
     weight = getattr(layer, "weight", None)
     return (type(layer).__name__ == "Conv1D" and isinstance(layer, nn.Module) and hasattr(layer, "nf")
             and isinstance(weight, torch.Tensor) and weight.dim() == 2 and weight.shape[1] == layer.nf)
+
+
+def _local_part(full: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``full``, a plain tensor of ``like``'s (global) shape, laid out as ``like`` is: ``full`` itself
+    for a plain ``like``; for a DTensor, the DTensor of its mesh and placements holding this rank's
+    part, cut locally (nothing is sent)."""
+    if not is_dtensor(like):
+        return full
+    from torch.distributed.tensor import distribute_tensor
+
+    return distribute_tensor(full, like.device_mesh, like.placements, src_data_rank=None)
+
+
+def _nonzeros(weight: torch.Tensor) -> torch.Tensor:
+    """``weight != 0`` as a plain bool tensor of the whole weight; for a DTensor, all-gathered (a
+    collective: every rank must call it)."""
+    mask = weight.detach() != 0
+    return mask.full_tensor() if is_dtensor(mask) else mask
+
+
+def _version(tensor: torch.Tensor) -> int | None:
+    return None if tensor.is_inference() else tensor._version  # inference tensors count no versions
 
 
 def _check_bool(value, name: str) -> bool:
@@ -62,6 +84,19 @@ class SparseLinear(nn.Module):
     so a resumed run computes the same function; a state_dict without it (a dense
     ``nn.Linear``'s) gets the layout of its weight's nonzeros (block format: the blocks holding
     any). A bad entry raises naming its key, with the layer left as it was.
+
+    ``layout_mask`` is a persistent buffer, on the weight's device, rewritten in place whenever
+    the layer adopts a layout; one written from outside (DDP's broadcast of rank 0's buffers at
+    construction and before each forward; a copy into it) is adopted by the next forward (or
+    ``layout``, ``format``, ``to_dense``): a layer computes the function its buffers say, so a
+    model wrapped in ``DistributedDataParallel`` computes rank 0's on every rank. Under
+    ``torch.compile`` the forward does not look (dynamo cannot trace the check).
+
+    A weight that is a ``DTensor`` (FSDP2's ``fully_shard``): the layout is the whole weight's,
+    the same on every rank (FSDP2 runs the forward on the all-gathered weight);
+    ``plan_projection``/``apply_projection`` project the shards onto the exact global top-k
+    (``topk_project_``), ``refresh_layout`` all-gathers the nonzeros (every rank must call it),
+    ``to_dense`` gives an ``nn.Linear`` with DTensor parameters of the same placements.
 
     Deferred initialisation works as for ``nn.Linear``: built on the meta device (``device=
     "meta"`` or under ``torch.device("meta")``), the layer keeps its layout on the CPU and
@@ -103,10 +138,8 @@ class SparseLinear(nn.Module):
         """``nn.Linear``'s initialisation, draw for draw, then a new random layout at ``density``
         (drawn on the CPU) with the weight zeroed outside it: what the constructor does."""
         nn.Linear.reset_parameters(self)
-        layout = self._random_layout()
-        with torch.no_grad():
-            self.weight.masked_fill_(~layout.to_mask().to(self.weight.device), 0)
-        self._adopt(layout)
+        self._adopt(self._random_layout())
+        self._mask_weight()
 
     def _random_layout(self):
         shape, device = (self.out_features, self.in_features), self._layout_device()
@@ -117,7 +150,9 @@ class SparseLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.weight.is_meta:  # deferred initialisation: no values, only the output's shape
             return F.linear(x, self.weight, self.bias)
-        if self.format == "dense":
+        if not torch.compiler.is_compiling():  # dynamo cannot trace a version counter
+            self._adopt_written_layout()
+        if self._format == "dense":
             return masked_dense_linear(x, self.weight, self._layout, self.bias, mask=self._dense_mask,
                                        dense_weight_grad=self.dense_grad)
         return sparse_linear(x, self.weight, self._layout, self.bias, dense_weight_grad=self.dense_grad)
@@ -127,9 +162,16 @@ class SparseLinear(nn.Module):
     def layout(self):
         """The layout the current format runs (``BlockLayout`` or ``ElementLayout``). A layer
         running dense over entries keeps only their mask; the index is built when asked for."""
+        self._adopt_written_layout()
         if isinstance(self._layout, MaskLayout):
             self._layout = self._sparsity = ElementLayout.from_mask(self._layout.mask)
         return self._layout
+
+    @property
+    def format(self) -> str:
+        """The format that runs now: ``"dense"``, ``"block"`` or ``"element"``."""
+        self._adopt_written_layout()
+        return self._format
 
     def _layout_device(self) -> torch.device:
         # A meta layer (deferred initialisation) keeps its layout on the CPU until to_empty().
@@ -150,12 +192,70 @@ class SparseLinear(nn.Module):
         ``whole``: for entries, the ``BlockLayout`` of exactly them when they are whole blocks
         (then the block kernels are a candidate too)."""
         if self.requested_format == "auto":
-            self.format = choose_format(sparsity, self._layout_device(), self.weight.dtype, blocks=whole)
+            self._format = choose_format(sparsity, self._layout_device(), self.weight.dtype, blocks=whole)
         else:
-            self.format = self.requested_format
+            self._format = self.requested_format
         self._sparsity, self._whole_blocks = sparsity, whole
-        self._layout = layout_for(self.format, sparsity, blocks=whole)
-        self._dense_mask = self._layout.to_mask() if self.format == "dense" else None
+        self._layout = layout_for(self._format, sparsity, blocks=whole)
+        self._dense_mask = self._layout.to_mask() if self._format == "dense" else None
+        self._write_layout_mask(None if self.weight.is_meta else pack_mask(self._mask()))
+
+    def _write_layout_mask(self, bits: torch.Tensor | None) -> None:
+        """Store ``bits`` (the adopted layout, packed; None on a meta layer) in the ``layout_mask``
+        buffer and remember what was written. In place where the buffer can take them: DDP
+        broadcasts the buffer tensors it found when it was built, and would never send a new one."""
+        buffer = self._buffers.get(LAYOUT_MASK)
+        if bits is None:  # meta, like the weight: no values
+            if buffer is None or not buffer.is_meta:
+                buffer = torch.empty((self.out_features, math.ceil(self.in_features / 8)), dtype=torch.uint8,
+                                     device="meta")
+                self.register_buffer(LAYOUT_MASK, buffer)
+        elif (buffer is not None and buffer.device == bits.device and buffer.shape == bits.shape
+              and buffer.dtype == bits.dtype and not buffer.is_inference()):
+            with torch.no_grad():
+                buffer.copy_(bits)
+        else:  # the first layout, or a buffer on another device (a meta layer loaded with assign=True)
+            buffer = bits.clone()  # never the remembered bits themselves: those are what a write is compared with
+            self.register_buffer(LAYOUT_MASK, buffer)
+        self._layout_bits = bits
+        # No version yet: the next read compares the bits once. DDP's broadcast before each forward
+        # keeps the buffers' version counters (torch.autograd._unsafe_preserve_version_counter), so
+        # only a compare tells what it wrote after this layer changed its layout.
+        self._layout_written = (buffer, None)
+
+    def _adopt_written_layout(self) -> None:
+        """Adopt the layout ``layout_mask`` holds if something else wrote it (DDP's broadcast of
+        rank 0's buffers, a user's copy into it): the first read after the layer wrote the buffer
+        compares it with what was written, later reads only when its version counter moved. The
+        bits the layer runs already (DDP's broadcasts once the ranks agree) cost one compare."""
+        if not self.weight.is_meta and self._sparsity.device != self.weight.device:
+            # Moved without _apply: fully_shard moves parameters and buffers to its mesh's device by `.data =`.
+            self._move_layout(self.weight.device)
+        buffer = self._buffers.get(LAYOUT_MASK)
+        written, version = self._layout_written
+        if buffer is None or buffer.is_meta or (buffer is written and version is not None
+                                                and buffer._version == version):
+            return
+        errors = self._checkpoint_errors({LAYOUT_MASK: buffer}, "")
+        if errors:
+            raise ValueError(f"the layout_mask buffer was replaced by a wrong one: {errors[0]}")
+        bits = self._layout_bits
+        if bits is not None and buffer.device == bits.device and torch.equal(buffer, bits):
+            self._layout_written = (buffer, _version(buffer))
+            return
+        self._load_layout(buffer, LAYOUT_MASK)
+
+    def _layout_state(self) -> dict:
+        """What ``_restore_layout_state`` needs to give the layer back its layout as it is now
+        (``Projector``'s rollback of a failed step)."""
+        self._adopt_written_layout()
+        return dict(vars(self))
+
+    def _restore_layout_state(self, state: dict) -> None:
+        vars(self).clear()
+        vars(self).update(state)
+        # The buffer is the same tensor, written since: it gets the restored layout's bits again.
+        self._write_layout_mask(self._layout_bits)
 
     def _adopt_mask(self, mask: torch.Tensor) -> None:
         """Adopt the entries of the bool ``mask`` (block format: the blocks holding any)."""
@@ -174,7 +274,7 @@ class SparseLinear(nn.Module):
         """Recompute the layout from the weight's nonzeros (block format: the blocks holding any)
         and, with ``format="auto"``, choose the format again."""
         self._check_materialised("refresh the layout from")
-        self._adopt_mask(self.weight.detach() != 0)
+        self._adopt_mask(_nonzeros(self.weight))
         return self.layout
 
     def project_(self, density: float | None = None, *, granularity: str | None = None, min_per_row: int = 0,
@@ -250,20 +350,23 @@ class SparseLinear(nn.Module):
                 whole = whole_blocks(result.block_counts, self.block_size, shape)
             entries = result.element_layout
             if entries is None:  # expected to run dense: the mask of what is left is enough
-                entries = MaskLayout(self.weight.detach() != 0, result.nnz)
+                entries = MaskLayout(_nonzeros(self.weight), result.nnz)
             self._adopt(entries, whole)
         else:
             self._adopt(BlockLayout.from_block_mask(result.block_counts > 0, self.block_size, shape))
         return result
 
     def _apply(self, fn, *args, **kwargs):
+        self._adopt_written_layout()  # the layout to move is the buffer's, whose bits are about to be replaced
         super()._apply(fn, *args, **kwargs)
         if not self.weight.is_meta:
-            # The index lives with the weight; a new device or dtype may favour another format.
-            device = self.weight.device
-            whole = self._whole_blocks.to(device) if self._whole_blocks is not None else None
-            self._adopt(self._sparsity.to(device), whole)
+            self._move_layout(self.weight.device)
         return self
+
+    def _move_layout(self, device) -> None:
+        # The index lives with the weight; a new device or dtype may favour another format.
+        whole = self._whole_blocks.to(device) if self._whole_blocks is not None else None
+        self._adopt(self._sparsity.to(device), whole)
 
     # ------------------------------------------------------------- checkpoints
     def _save_to_state_dict(self, destination, prefix, keep_vars):
@@ -272,7 +375,6 @@ class SparseLinear(nn.Module):
             # A view, not a copy: state_dict entries alias the parameters, as nn.Module's do, so an
             # in-place update through them (an EMA over state_dict().values()) reaches the weight.
             destination[prefix + "weight"] = destination[prefix + "weight"].t()
-        destination[prefix + LAYOUT_MASK] = pack_mask(self._mask())
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):
@@ -281,12 +383,15 @@ class SparseLinear(nn.Module):
             error_msgs.extend(errors)
             return
         weight_key, mask_key = prefix + "weight", prefix + LAYOUT_MASK
+        # The layout is loaded below, from the bits or the weight's nonzeros: nn.Module would copy the
+        # bits into the buffer as they are, and call a plain nn.Linear's state_dict, without them, incomplete.
+        loaded = {key: value for key, value in state_dict.items() if key != mask_key}
         if self.checkpoint_transposed and weight_key in state_dict:
-            state_dict = {**state_dict, weight_key: state_dict[weight_key].t().contiguous()}
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+            loaded[weight_key] = state_dict[weight_key].t().contiguous()
+        super()._load_from_state_dict(loaded, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
-        if mask_key in unexpected_keys:  # ours, not a parameter: nn.Module does not know it
-            unexpected_keys.remove(mask_key)
+        if mask_key in missing_keys:
+            missing_keys.remove(mask_key)
         if mask_key in state_dict:
             self._load_layout(state_dict[mask_key], mask_key)
         elif weight_key in state_dict and not self.weight.is_meta:  # nn.Linear's: its nonzeros are the layout
@@ -319,7 +424,12 @@ class SparseLinear(nn.Module):
         mask = unpack_mask(packed.to(self._layout_device()), self.in_features)
         if self.requested_format == "block" and not self.weight.is_meta:
             covered = expand_block_mask(blockwise_any(mask, self.block_size), self.block_size, mask.shape)
-            if bool((covered & ~mask & (self.weight.detach() != 0).to(mask.device)).any()):
+            # This rank's part only (a DTensor weight: its shard), so that no rank waits on another.
+            outside = _local_part(covered & ~mask, self.weight)
+            nonzero = self.weight.detach() != 0
+            if is_dtensor(nonzero):
+                outside, nonzero = outside.to_local(), nonzero.to_local()
+            if bool((outside & nonzero.to(mask.device)).any()):
                 warnings.warn(f"{key} is not whole blocks of {self.block_size}: the block format runs the blocks "
                               "holding any of its entries, and the weight is nonzero in them outside the saved "
                               "layout, so the layer computes another function than the saved one (load it into "
@@ -363,6 +473,9 @@ class SparseLinear(nn.Module):
         if not (transposed or isinstance(linear, nn.Linear)):
             raise TypeError(f"linear must be an nn.Linear (or a subclass) or a Hugging Face Conv1D, "
                             f"got {type(linear).__name__}")
+        if is_dtensor(linear.weight):
+            raise TypeError(f"linear ({type(linear).__name__}) has a DTensor weight (sharded, e.g. by fully_shard): "
+                            "convert the model (from_dense, sparsify) before sharding it")
         density = None if density is None else check_density(density)
         check_format(format)
         _check_bool(share_parameters, "share_parameters")
@@ -409,18 +522,21 @@ class SparseLinear(nn.Module):
         """Zero the weight outside the layout, in place (a meta weight has nothing to zero)."""
         if not self.weight.is_meta:
             with torch.no_grad():
-                self.weight.masked_fill_(~self._mask().to(self.weight.device), 0)
+                self.weight.masked_fill_(_local_part(~self._mask().to(self.weight.device), self.weight), 0)
 
     def to_dense(self) -> nn.Linear:
         """An ``nn.Linear`` computing the same function (weight zero outside the layout); an
         ``nn.Linear`` also for a layer converted from a ``Conv1D`` (its state_dict is then
-        nn.Linear's, ``[out, in]``)."""
-        linear = nn.Linear(self.in_features, self.out_features, self.bias is not None,
-                           device=self.weight.device, dtype=self.weight.dtype)
-        with torch.no_grad():
-            linear.weight.copy_(torch.where(self._mask().to(self.weight.device), self.weight, 0))
-            if self.bias is not None:
-                linear.bias.copy_(self.bias)
+        nn.Linear's, ``[out, in]``). A DTensor weight gives DTensor parameters of the same mesh and
+        placements, each rank masking its own shard (``.full_tensor()`` gathers one)."""
+        self._adopt_written_layout()
+        outside = _local_part(~self._mask().to(self.weight.device), self.weight)
+        # Built on meta (no initialisation drawn) and given the masked copies as its parameters.
+        linear = nn.Linear(self.in_features, self.out_features, self.bias is not None, device="meta",
+                           dtype=self.weight.dtype)
+        linear.weight = nn.Parameter(self.weight.detach().masked_fill(outside, 0))
+        if self.bias is not None:
+            linear.bias = nn.Parameter(self.bias.detach().clone())
         return linear
 
     def extra_repr(self) -> str:

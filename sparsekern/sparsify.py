@@ -17,6 +17,7 @@ it had not stopped.
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import logging
 import numbers
 import warnings
@@ -30,7 +31,7 @@ from .block.layout import check_density, normalize_block_size
 from .formats import check_format
 from .module import SparseLinear, _check_bool, _is_conv1d
 from .projection.backends import REGISTRY as PROJECTION_BACKENDS
-from .projection.topk_project import GRANULARITIES
+from .projection.topk_project import GRANULARITIES, is_dtensor
 
 logger = logging.getLogger("sparsekern")
 
@@ -181,6 +182,7 @@ def _listed(names) -> str:
 
 def _share_layout(layer: SparseLinear, source: SparseLinear) -> None:
     """Give ``layer``, which holds ``source``'s weight Parameter, ``source``'s layout and format."""
+    source._adopt_written_layout()
     layer._adopt(source._sparsity, source._whole_blocks)
 
 
@@ -252,6 +254,64 @@ def _conv1d_base(module: nn.Module):
     return next((c for c in type(module).__mro__ if c.__name__ == "Conv1D"), None)
 
 
+def _layout_digest(layer: SparseLinear) -> int:
+    """A 64-bit digest of the layout ``layer`` runs (its ``layout_mask`` bits), as a signed int64."""
+    layer._adopt_written_layout()
+    bits = layer.layout_mask.detach().cpu().contiguous().numpy().tobytes()
+    return int.from_bytes(hashlib.blake2b(bits, digest_size=8).digest(), "little", signed=True)
+
+
+def _check_layouts_agree(named_layers: list) -> None:
+    """Raise on every rank if a layer's layout differs between the ranks of its weight's mesh.
+
+    ``named_layers``: (name, SparseLinear) pairs with DTensor weights. FSDP2 broadcasts nothing,
+    and each rank runs the forward on the all-gathered weight with its own layout: a layout
+    drawn from another seed on one rank would compute another function there, silently. Per
+    mesh, one all-gather (per mesh dimension) of (rank, layer count, digest of every layer's
+    digest); only when they differ a second one of every layer's digest, to name the layers.
+    Every rank holds the same table, so every rank raises the same error.
+    """
+    import torch.distributed as dist
+
+    by_mesh: dict = {}
+    for name, layer in named_layers:
+        by_mesh.setdefault(layer.weight.device_mesh, []).append((name, layer))
+    for mesh, layers in by_mesh.items():
+        digests = [_layout_digest(layer) for _, layer in layers]
+        combined = hashlib.blake2b(b"".join(d.to_bytes(8, "little", signed=True) for d in digests), digest_size=8)
+        rank = dist.get_rank()
+        table = _mesh_table([rank, len(digests), int.from_bytes(combined.digest(), "little", signed=True)], mesh)
+        if bool((table[:, 1:] == table[0, 1:]).all()):
+            continue
+        ranks = table[:, 0].tolist()
+        if bool((table[:, 1] != table[0, 1]).any()):
+            counts = ", ".join(f"rank {r}: {n}" for r, n in zip(ranks, table[:, 1].tolist()))
+            raise ValueError(f"the ranks hold different numbers of SparseLinear layers with DTensor weights "
+                             f"({counts}): every rank must build the same model")
+        per_layer = _mesh_table([rank, *digests], mesh)
+        differ = per_layer[:, 1:] != per_layer[0, 1:]
+        listed = "; ".join(f"{name!r} (ranks {[r for r, d in zip(per_layer[:, 0].tolist(), differ[:, i].tolist()) if d]}"
+                           f" differ from rank {int(per_layer[0, 0])})"
+                           for i, (name, _) in enumerate(layers) if bool(differ[:, i].any()))
+        raise ValueError(f"SparseLinear layouts differ between ranks: {listed}. FSDP2 broadcasts nothing and each rank "
+                         "would compute another function: build the model on every rank from the same seed, or load "
+                         "one state_dict on every rank")
+
+
+def _mesh_table(row: list[int], mesh) -> torch.Tensor:
+    """Every rank's ``row`` (int64s) over the whole ``mesh``, ``[ranks, len(row)]``: all-gathered along
+    each mesh dimension in turn, so every rank ends with the same table, rows in the same order."""
+    import torch.distributed as dist
+
+    table = torch.tensor([row], dtype=torch.int64, device=mesh.device_type)
+    for dim in range(mesh.ndim):
+        group = mesh.get_group(dim)
+        gathered = [torch.empty_like(table) for _ in range(dist.get_world_size(group))]
+        dist.all_gather(gathered, table, group=group)
+        table = torch.cat(gathered)
+    return table.cpu()
+
+
 class Projector:
     """Projects every ``SparseLinear`` of a model onto its scheduled density.
 
@@ -271,6 +331,14 @@ class Projector:
     A weight held by several layers (tied) is projected once and every holder adopts its
     layout; holders with another ``format`` or ``block_size`` are refused here, since one
     layout would not serve them all.
+
+    Distributed: under DDP every rank runs the same step on the same weights (DDP keeps them
+    equal), so the layouts stay equal. Under FSDP2 (``fully_shard``: DTensor weights) each
+    rank projects its shards onto the exact top-k of the whole weight and every layer adopts
+    the whole weight's layout; every rank must call ``step()`` together. FSDP2 broadcasts
+    nothing, so building the Projector checks that every rank holds the same layouts (one
+    all-gather of a digest of each layer's ``layout_mask``) and raises on every rank, naming
+    the layers that differ, if not.
 
     A step is all or nothing. Every layer is checked and planned before any is written,
     but writing can still fail (memory running out half-way, since the write allocates what
@@ -337,6 +405,10 @@ class Projector:
         self.optimizer = optimizer
         self.backend = backend
         self.steps = 0
+        for layer in self.layers:  # a layout DDP broadcast into the buffers, taken now (a compiled forward would not)
+            layer._adopt_written_layout()
+        # Last, after every check of this rank alone: a collective that every rank reaches.
+        _check_layouts_agree([(name, m) for name, m in named if is_dtensor(m.weight)])
 
     def _weight_groups(self) -> list[list[SparseLinear]]:
         """The layers grouped by the weight Parameter they hold, in model order; the first of
@@ -365,14 +437,14 @@ class Projector:
         plans = [group[0].plan_projection(density, granularity=self.granularity, min_per_row=self.min_per_neuron,
                                           backend=self.backend) for group in groups]
         results = {}
-        # apply_projection writes the weight in place and rebinds its layers' layout attributes:
-        # a copy of the weight and a shallow copy of the attributes undo both.
+        # apply_projection writes the weight in place and adopts a new layout: a copy of the weight
+        # (a DTensor's is of its shard) and each layer's layout state undo both.
         undo = []
         try:
             for group, plan in zip(groups, plans):
                 first = group[0]
                 saved = first.weight.detach().clone() if self.rollback else None
-                undo.append((group, saved, [dict(vars(layer)) for layer in group]))
+                undo.append((group, saved, [layer._layout_state() for layer in group]))
                 result = first.apply_projection(plan)
                 for layer in group[1:]:
                     _share_layout(layer, first)
@@ -386,11 +458,10 @@ class Projector:
                 raise RuntimeError(f"Projector.step failed with rollback=False after writing layers: {written} "
                                    "(the last one may be half written, the others hold their new weights and "
                                    "layouts; steps was not advanced)") from failure
-            for group, weight, attributes in reversed(undo):
+            for group, weight, states in reversed(undo):
                 group[0].weight.detach().copy_(weight)
-                for layer, saved in zip(group, attributes):
-                    vars(layer).clear()
-                    vars(layer).update(saved)
+                for layer, state in zip(group, states):
+                    layer._restore_layout_state(state)
             raise
         for weight, mask in pruned:
             for value in self._weight_shaped_state(weight):

@@ -3,7 +3,7 @@
 ``run_on_ranks(fn, world_size, *args)`` spawns ``world_size`` fresh processes, each of which
 joins one process group (gloo, a file rendezvous, so no port can clash), runs
 ``fn(rank, world_size, *args)`` with one torch thread, and sends back what it returns (it
-must pickle). The caller gets the list of results in rank order, or an AssertionError
+must pickle; tensors included). The caller gets the list of results in rank order, or an AssertionError
 carrying the traceback of every rank that raised; a rank stuck in a collective (the others
 having failed or hung) is killed after ``timeout`` seconds, so a test can never hang.
 ``fn`` must be importable by name (a module-level function), as spawn requires.
@@ -12,6 +12,7 @@ having failed or hung) is killed after ``timeout`` seconds, so a test can never 
 from __future__ import annotations
 
 import os
+import pickle
 import queue
 import tempfile
 import traceback
@@ -27,7 +28,9 @@ def _worker(rank, world_size, init_file, results, fn, args):
     try:
         dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
         try:
-            results.put((rank, True, fn(rank, world_size, *args)))
+            # Pickled here: a tensor put on the queue as it is travels as a shared-memory handle,
+            # gone once this process exits.
+            results.put((rank, True, pickle.dumps(fn(rank, world_size, *args))))
         finally:
             dist.destroy_process_group()
     except BaseException:
@@ -54,7 +57,7 @@ def run_on_ranks(fn, world_size: int, *args, timeout: float = 120.0) -> list:
                     failures.append((-1, f"ranks {missing} gave no result within {timeout} s (hung?)"))
                     break
                 if ok:
-                    got[rank] = value
+                    got[rank] = pickle.loads(value)
                 else:
                     failures.append((rank, value))
         finally:

@@ -73,6 +73,30 @@ def test_layout_mask_is_packed_bits_of_the_layout_under_the_layers_prefix():
     assert torch.equal(unpack_mask(pack_mask(mask), 20), mask)
 
 
+def test_pack_mask_every_byte_at_every_position_and_odd_widths():
+    from sparsekern.mask_bits import pack_mask, unpack_mask
+
+    # Every value of a byte, at each of the 8 byte positions of a 64-bit word (the multiply trick
+    # must not carry between them), and widths that need padding.
+    values = torch.arange(256)
+    byte_bits = ((values[:, None] >> torch.arange(8)) & 1).bool()  # [256, 8]
+    for position in range(8):
+        mask = torch.zeros(256, 64, dtype=torch.bool)
+        mask[:, 8 * position:8 * position + 8] = byte_bits
+        mask[:, 63 - (position == 7)] |= True  # a neighbour set too
+        packed = pack_mask(mask)
+        expected = torch.zeros(256, 8, dtype=torch.int64)
+        for c in range(64):
+            expected[:, c // 8] += mask[:, c].long() << (c % 8)
+        assert torch.equal(packed.long(), expected), position
+        assert torch.equal(unpack_mask(packed, 64), mask)
+    torch.manual_seed(0)
+    for cols in (1, 7, 9, 63, 65):
+        mask = torch.rand(5, cols) < 0.5
+        assert torch.equal(unpack_mask(pack_mask(mask), cols), mask)
+        assert torch.equal(unpack_mask(pack_mask(mask.t().contiguous().t()), cols), mask)  # strided
+
+
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_dense_linear_state_dict_loads_without_missing_keys_and_layout_is_its_nonzeros(fmt):
     torch.manual_seed(2)
@@ -157,3 +181,130 @@ def test_load_with_assign_into_a_meta_layer_gives_a_working_layer():
     assert torch.equal(empty.layout.to_mask(), layer.layout.to_mask())
     x = torch.randn(3, 80)
     torch.testing.assert_close(empty(x), layer(x), rtol=0, atol=0)
+
+
+# ------------------------------------------------------------------ the layout_mask buffer
+def _bits_of_layout(layer: SparseLinear) -> torch.Tensor:
+    from sparsekern.mask_bits import pack_mask
+
+    return pack_mask(layer.layout.to_mask())
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_layout_mask_is_a_buffer_every_path_rewrites_in_place(fmt):
+    # DDP broadcasts the buffer tensors it found when it was built: a path that rebinds the
+    # buffer instead of writing it would leave the other ranks with their own layouts.
+    torch.manual_seed(6)
+    layer = SparseLinear(40, 24, density=0.5, block_size=16, dense_grad=True, format=fmt)
+    buffer = layer.layout_mask
+    assert dict(layer.named_buffers()) == {"layout_mask": buffer}
+    first = buffer.clone()
+    assert torch.equal(buffer, _bits_of_layout(layer))
+    steps = {
+        "project_": lambda: layer.project_(0.2),
+        "refresh_layout": lambda: (layer.weight.data.__setitem__((slice(None), slice(0, 8)), 1.0),
+                                   layer.refresh_layout()),
+        "load_state_dict": lambda: layer.load_state_dict(
+            SparseLinear(40, 24, density=0.3, block_size=16, format=fmt).state_dict()),
+        "a dense state_dict": lambda: layer.load_state_dict(nn.Linear(40, 24).state_dict()),
+        "reset_parameters": layer.reset_parameters,
+        ".double()": layer.double,
+    }
+    seen = {first.numpy().tobytes()}
+    for name, step in steps.items():
+        step()
+        assert layer.layout_mask is buffer, name
+        assert torch.equal(buffer, _bits_of_layout(layer)), name
+        seen.add(buffer.numpy().tobytes())
+    assert len(seen) >= 5  # the paths changed the layout, so the checks above could fail
+    # to_empty makes every tensor anew, as nn.Module's moves do (before DDP wraps the model): the bits follow.
+    layer.to_empty(device="cpu")
+    assert torch.equal(layer.layout_mask, _bits_of_layout(layer)) and torch.equal(layer.layout_mask, buffer)
+    assert list(layer.state_dict()) == ["weight", "bias", "layout_mask"]  # the keys of before the buffer
+
+
+def test_from_dense_and_sparsify_of_tied_layers_give_each_holder_its_layouts_bits():
+    from sparsekern import Projector, sparsify
+
+    torch.manual_seed(7)
+    shared = nn.Linear(32, 32)
+    model = nn.Sequential(shared, nn.ReLU(), nn.Linear(32, 32))
+    model[2].weight = shared.weight  # two layers, one weight: one layout for both
+    sparsify(model, density=0.5, block_size=16, format="element")
+    for _ in range(2):
+        for layer in (model[0], model[2]):
+            assert torch.equal(layer.layout_mask, _bits_of_layout(layer))
+        assert torch.equal(model[0].layout_mask, model[2].layout_mask)
+        Projector(model, lambda step: 0.2).step()
+    converted = SparseLinear.from_dense(nn.Linear(32, 16), density=0.25, block_size=16)
+    assert torch.equal(converted.layout_mask, _bits_of_layout(converted))
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_a_layout_written_into_the_buffer_is_adopted_by_the_next_forward(fmt):
+    # What DDP does at construction: rank 0's weight and buffers copied into every rank's.
+    torch.manual_seed(8)
+    rank0 = SparseLinear(48, 32, density=0.25, block_size=16, format=fmt)
+    rank1 = SparseLinear(48, 32, density=0.25, block_size=16, format=fmt)
+    assert not torch.equal(rank0.layout_mask, rank1.layout_mask)
+    with torch.no_grad():
+        rank1.weight.copy_(rank0.weight)
+        rank1.bias.copy_(rank0.bias)
+        rank1.layout_mask.copy_(rank0.layout_mask)
+    x = torch.randn(5, 48)
+    torch.testing.assert_close(rank1(x), rank0(x), rtol=0, atol=0)
+    assert torch.equal(rank1.layout.to_mask(), rank0.layout.to_mask()) and rank1.format == rank0.format
+    # format, layout and to_dense read it too, without a forward first.
+    for density in (1.0, 0.5):
+        other = SparseLinear(48, 32, density=density, block_size=16, format=fmt)
+        with torch.no_grad():
+            rank1.layout_mask.copy_(other.layout_mask)
+        if density == 1.0:
+            assert rank1.format == other.format
+            assert torch.equal(rank1.layout.to_mask(), other.layout.to_mask())
+        else:
+            assert torch.equal(rank1.to_dense().weight != 0, (rank1.weight != 0) & other.layout.to_mask())
+
+
+def test_an_unchanged_write_costs_a_compare_not_a_rebuild(monkeypatch):
+    torch.manual_seed(9)
+    layer = SparseLinear(48, 32, density=0.25, block_size=16, format="element")
+    rebuilt = []
+    real = SparseLinear._load_layout
+    monkeypatch.setattr(SparseLinear, "_load_layout", lambda self, *args: (rebuilt.append(1), real(self, *args)))
+    layout, x = layer.layout, torch.randn(3, 48)
+    with torch.no_grad():
+        layer.layout_mask.copy_(layer.layout_mask.clone())  # the same bits, the version moved
+    layer(x)
+    assert rebuilt == [] and layer.layout is layout
+    with torch.no_grad():
+        layer.layout_mask[0, 0] ^= 1
+    layer(x)
+    assert rebuilt == [1] and layer.layout is not layout
+    assert bool(layer.layout.to_mask()[0, 0]) is not bool(layout.to_mask()[0, 0])
+
+
+def test_a_buffer_replaced_by_a_wrong_one_raises_naming_it():
+    layer = SparseLinear(48, 32, density=0.25, block_size=16)
+    layer.layout_mask = torch.zeros(32, 5, dtype=torch.uint8)  # nn.Module rebinds the buffer
+    with pytest.raises(ValueError, match=r"layout_mask buffer was replaced.*shape \(32, 6\)"):
+        layer(torch.randn(2, 48))
+
+
+def test_a_write_that_keeps_the_version_counter_is_adopted_after_a_layout_change():
+    # DDP's broadcast before each forward keeps the buffers' version counters: the first read
+    # after the layer wrote its layout compares the bits.
+    torch.manual_seed(10)
+    rank0, rank1 = (SparseLinear(48, 32, density=0.25, block_size=16, format="element") for _ in range(2))
+    x = torch.randn(3, 48)
+    for project in (False, True):
+        if project:  # a new layout on both, then rank 0's broadcast again
+            rank0.project_(0.1)
+            rank1.project_(0.2)
+        with torch.no_grad(), torch.autograd._unsafe_preserve_version_counter((rank1.layout_mask,)):
+            rank1.layout_mask.copy_(rank0.layout_mask)
+        with torch.no_grad():
+            rank1.weight.copy_(rank0.weight)
+            rank1.bias.copy_(rank0.bias)
+        torch.testing.assert_close(rank1(x), rank0(x), rtol=0, atol=0)
+        assert torch.equal(rank1.layout.to_mask(), rank0.layout.to_mask())

@@ -164,8 +164,9 @@ def test_meta_device_construction_and_to_empty():
     assert m.weight.is_meta and m.layout.nnz_blocks == round(0.25 * 8)
     m = m.to_empty(device="cpu")
     assert m.layout.device.type == "cpu"
-    with torch.no_grad():
+    with torch.no_grad():  # to_empty leaves both uninitialised (NaN now and then)
         m.weight.normal_()
+        m.bias.normal_()
     x = torch.randn(3, 64)
     torch.testing.assert_close(m(x), m.to_dense()(x))
 

@@ -205,7 +205,7 @@ def test_apply_projection_refuses_a_plan_for_another_weight():
 def test_meta_construction_to_empty_and_reset_parameters_give_the_eager_layer(fmt):
     with torch.device("meta"):
         layer = SparseLinear(64, 32, density=0.25, block_size=16, format=fmt)
-    assert layer.weight.is_meta
+    assert layer.weight.is_meta and layer.layout_mask.is_meta  # the buffer lives with the weight
     y = layer(torch.empty(3, 7, 64, device="meta"))
     assert y.is_meta and y.shape == (3, 7, 32) and y.dtype == torch.float32
     layer.to_empty(device="cpu")
@@ -215,6 +215,7 @@ def test_meta_construction_to_empty_and_reset_parameters_give_the_eager_layer(fm
     eager = SparseLinear(64, 32, density=0.25, block_size=16, format=fmt)
     assert torch.equal(layer.weight, eager.weight) and torch.equal(layer.bias, eager.bias)
     assert torch.equal(layer.layout.to_mask(), eager.layout.to_mask()) and layer.format == eager.format
+    assert torch.equal(layer.layout_mask, eager.layout_mask)
     x = torch.randn(2, 64)
     torch.testing.assert_close(layer(x), eager(x), rtol=0, atol=0)
 
@@ -264,3 +265,41 @@ def test_from_dense_of_a_meta_linear_then_load_or_reset_gives_a_working_layer():
     x = torch.randn(3, 48)
     torch.testing.assert_close(layer(x), layer.to_dense()(x))
     assert layer.layout.nnz_blocks == round(0.25 * 6) and (layer.weight[~layer.layout.to_mask()] == 0).all()
+
+
+# ------------------------------------------------------------------ outputs
+@pytest.mark.parametrize("fmt", SparseLinear.FORMATS)
+def test_outputs_are_no_views_and_3d_inputs_train_in_every_format(fmt):
+    # FSDP2 warns at every forward of a module returning a view (an in-place op on it would skip
+    # FSDP's pre-backward hook): the output of every format is a tensor of its own.
+    torch.manual_seed(10)
+    layer = SparseLinear(48, 40, density=0.5, block_size=16, dense_grad=True, format=fmt)
+    reference = layer.to_dense()
+    for shape in ((2, 3, 48), (5, 48), (48,)):
+        x = torch.randn(shape, requires_grad=True)
+        y = layer(x)
+        assert not y._is_view() and y.shape == (*shape[:-1], 40)
+        x_ref = x.detach().clone().requires_grad_()
+        y_ref = reference(x_ref)
+        torch.testing.assert_close(y, y_ref)
+        g = torch.randn_like(y)
+        y.backward(g)
+        y_ref.backward(g)
+        torch.testing.assert_close(x.grad, x_ref.grad)
+        torch.testing.assert_close(layer.weight.grad, reference.weight.grad)  # dense_grad: the full gradient
+        torch.testing.assert_close(layer.bias.grad, reference.bias.grad)
+        layer.zero_grad()
+        reference.zero_grad()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device to move to")
+def test_a_layer_moved_by_data_assignment_follows_with_its_layout():
+    # fully_shard moves parameters and buffers to its mesh's device by `.data =`, which _apply never sees.
+    torch.manual_seed(11)
+    layer = SparseLinear(48, 40, density=0.5, block_size=16, format="element")
+    x = torch.randn(3, 48)
+    expected, bits = layer(x), layer.layout_mask.clone()
+    for tensor in (layer.weight, layer.bias, layer.layout_mask):
+        tensor.data = tensor.data.cuda()
+    torch.testing.assert_close(layer(x.cuda()).cpu(), expected)
+    assert layer.layout.device.type == "cuda" and torch.equal(layer.layout_mask.cpu(), bits)

@@ -148,6 +148,7 @@ def test_a_later_layer_failing_in_apply_leaves_every_weight_layout_and_state(mon
     weights = [bits(m.weight.detach().clone()) for m in layers]
     biases = [m.bias.detach().clone() for m in layers]
     layouts = [(m.layout, m.format) for m in layers]
+    buffers = [(m.layout_mask, m.layout_mask.clone()) for m in layers]  # the tensors DDP would broadcast
     state = {id(p): {k: v.clone() for k, v in s.items()} for p, s in optimizer.state.items()}
 
     real_apply = SparseLinear.apply_projection
@@ -162,9 +163,10 @@ def test_a_later_layer_failing_in_apply_leaves_every_weight_layout_and_state(mon
     monkeypatch.setattr(SparseLinear, "apply_projection", failing_apply)
     with pytest.raises(RuntimeError, match="injected"):
         projector.step()
-    for m, w, b, (layout, format) in zip(layers, weights, biases, layouts):
+    for m, w, b, (layout, format), (buffer, mask_bits) in zip(layers, weights, biases, layouts, buffers):
         assert torch.equal(bits(m.weight.detach()), w) and torch.equal(m.bias, b)
         assert m.layout is layout and m.format == format
+        assert m.layout_mask is buffer and torch.equal(buffer, mask_bits)
     for p, s in optimizer.state.items():
         for k, v in s.items():
             assert torch.equal(v, state[id(p)][k]), k

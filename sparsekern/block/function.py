@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from . import ops
-from .._linear import autocast_args as _autocast, linear_backward
+from .._linear import autocast_args as _autocast, linear_backward, output_of_shape
 from .._checks import check_linear_args
 from .backends import select
 from .layout import BlockLayout
@@ -72,4 +72,4 @@ def block_sparse_linear(x: torch.Tensor, weight: torch.Tensor, layout: BlockLayo
     y = SparseLinearFunction.apply(
         x2d, weight, bias, *layout.index_tensors(), bo, bi, chosen, dense_weight_grad
     )
-    return y.reshape(*x.shape[:-1], weight.shape[0])
+    return output_of_shape(y, (*x.shape[:-1], weight.shape[0]))

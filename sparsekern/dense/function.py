@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from .._checks import check_linear_args
-from .._linear import autocast_args as _autocast, linear_backward
+from .._linear import autocast_args as _autocast, linear_backward, output_of_shape
 from ..block.layout import BlockLayout
 from ..element.layout import ElementLayout
 from .layout import MaskLayout
@@ -55,4 +55,4 @@ def masked_dense_linear(x: torch.Tensor, weight: torch.Tensor, layout, bias: tor
         mask = layout.to_mask()
     x2d = x.reshape(-1, x.shape[-1])
     y = MaskedLinearFunction.apply(x2d, weight, bias, mask, dense_weight_grad)
-    return y.reshape(*x.shape[:-1], weight.shape[0])
+    return output_of_shape(y, (*x.shape[:-1], weight.shape[0]))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from .._checks import check_linear_args
-from .._linear import autocast_args as _autocast, linear_backward
+from .._linear import autocast_args as _autocast, linear_backward, output_of_shape
 from . import ops
 from .backends import select
 from .layout import ElementLayout
@@ -63,4 +63,4 @@ def element_sparse_linear(x: torch.Tensor, weight: torch.Tensor, layout: Element
     chosen = _choose_backend(backend, weight.device, weight.dtype)
     x2d = x.reshape(-1, x.shape[-1])
     y = ElementSparseLinearFunction.apply(x2d, weight, bias, *layout.index_tensors(), chosen, dense_weight_grad)
-    return y.reshape(*x.shape[:-1], weight.shape[0])
+    return output_of_shape(y, (*x.shape[:-1], weight.shape[0]))

@@ -13,8 +13,22 @@ from ..block.layout import blocked
 
 
 def block_norms(weight: torch.Tensor, block_size) -> torch.Tensor:
-    """L2 norm of every block of ``weight``: ``[block rows, block cols]`` (edge blocks partial), fp32."""
-    return torch.linalg.vector_norm(blocked(weight.detach(), block_size, torch.float32), dim=(1, 3))
+    """L2 norm of every block of ``weight``: ``[block rows, block cols]`` (edge blocks partial), fp32.
+
+    A block's bits depend on its own entries only, never on the weight's width, the number
+    of blocks, the device or the threads: the squares are summed by a fixed pairwise tree
+    (rows halved, then columns; block sides are powers of two) of elementwise adds, where a
+    torch reduction picks its order from the whole tensor's shape. So a block scored on one
+    shard of a sharded weight ties with, and ranks like, the same block in the whole weight.
+    """
+    squares = blocked(weight.detach(), block_size, torch.float32).square()  # [block rows, bo, block cols, bi]
+    for dim in (1, 3):
+        while squares.shape[dim] > 1:
+            half = squares.shape[dim] // 2
+            first = squares.narrow(dim, 0, half)
+            first.add_(squares.narrow(dim, half, half))
+            squares = first
+    return squares.squeeze(3).squeeze(1).sqrt()
 
 
 def _top_along(scores: torch.Tensor, m: int, dim: int) -> torch.Tensor:

@@ -17,6 +17,7 @@ weight keeps nothing (``k`` must be 0) and is left as it is.
 
 from __future__ import annotations
 
+import sys
 from typing import NamedTuple
 
 import torch
@@ -58,11 +59,41 @@ def _check_count(value, name: str, upper: int, what: str) -> int:
     return int(value)
 
 
+def is_dtensor(weight) -> bool:
+    """Whether ``weight`` is a ``torch.distributed.tensor.DTensor``, without importing it: a
+    DTensor exists only once its module is imported."""
+    module = sys.modules.get("torch.distributed.tensor")
+    dtensor = getattr(module, "DTensor", None)
+    return dtensor is not None and isinstance(weight, dtensor)
+
+
 def _stamp(weight: torch.Tensor) -> tuple:
     """What a plan depends on: the weight's storage, shape, strides, dtype and version counter
-    (which every in-place change through torch bumps, the projection's own writes included)."""
+    (which every in-place change through torch bumps, the projection's own writes included);
+    for a DTensor, its local shard's stamp, its placements and its global shape."""
+    if is_dtensor(weight):
+        with torch.no_grad():  # to_local() of a Parameter would record an autograd view
+            local = weight.to_local()
+        return _stamp(local), tuple(weight.placements), tuple(weight.shape)
     version = None if weight.is_inference() else weight._version
     return weight.data_ptr(), tuple(weight.shape), weight.stride(), weight.dtype, weight.device, version
+
+
+def check_arguments(shape, k, granularity, block_size, min_per_row, min_per_col) -> tuple:
+    """The argument checks of every projection, against the (global) 2-D weight ``shape``:
+    ``(block_size, k, min_per_row, min_per_col)``, normalised; raises naming the argument."""
+    if granularity not in GRANULARITIES:
+        raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
+    if block_size is not None:
+        block_size = normalize_block_size(block_size)
+    elif granularity == "block":
+        raise ValueError("block_size is required when granularity='block'")
+    unit = "blocks" if granularity == "block" else "entries"
+    rows, cols = block_grid(tuple(shape), block_size) if granularity == "block" else shape
+    k = _check_count(k, "k", rows * cols, unit)
+    min_per_row = _check_count(min_per_row, "min_per_row", cols, f"{unit} in a row")
+    min_per_col = _check_count(min_per_col, "min_per_col", rows, f"{unit} in a column")
+    return block_size, k, min_per_row, min_per_col
 
 
 class _Prepared:
@@ -77,22 +108,12 @@ class _Prepared:
         # Written in place: a location shared by two entries would be ranked (and kept or
         # zeroed) twice.
         check_no_internal_overlap(weight, "weight")
-        if granularity not in GRANULARITIES:
-            raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
-        if block_size is not None:
-            block_size = normalize_block_size(block_size)
-        elif granularity == "block":
-            raise ValueError("block_size is required when granularity='block'")
+        self.block_size, self.k, self.min_per_row, self.min_per_col = check_arguments(
+            weight.shape, k, granularity, block_size, min_per_row, min_per_col)
         self.source, self.stamp = weight, _stamp(weight)  # the caller's tensor, as it is now
         self.weight = weight.detach()
         self.granularity = granularity
         self.element_layout = bool(element_layout)
-        self.block_size = block_size
-        unit = "blocks" if granularity == "block" else "entries"
-        rows, cols = block_grid(tuple(weight.shape), block_size) if granularity == "block" else weight.shape
-        self.k = _check_count(k, "k", rows * cols, unit)
-        self.min_per_row = _check_count(min_per_row, "min_per_row", cols, f"{unit} in a row")
-        self.min_per_col = _check_count(min_per_col, "min_per_col", rows, f"{unit} in a column")
         self.backend = REGISTRY.select(backend, weight.device, weight.dtype, None)
         if weight.numel() == 0:  # nothing to rank, nothing to write (k is 0)
             return
@@ -101,7 +122,7 @@ class _Prepared:
             if not bool(torch.isfinite(self.weight).all()):
                 raise ValueError("weight must be finite, but it holds NaN or Inf")
         if granularity == "block":
-            self.scores = reference.block_norms(self.weight, block_size)
+            self.scores = reference.block_norms(self.weight, self.block_size)
             self.keep = reference.topk_keep_mask(self.scores, self.k, self.min_per_row, self.min_per_col, "blocks")
             return
         self.forced, self.smallest_floor = None, float("inf")
@@ -145,9 +166,21 @@ class _Prepared:
 
 
 def prepare_projection(weight, k, *, granularity="element", block_size=None, min_per_row=0, min_per_col=0,
-                       backend=None, element_layout=False) -> _Prepared:
+                       backend=None, element_layout=False):
     """Check and plan a projection without writing anything; ``.apply()`` runs it.
-    ``element_layout=True``: the result carries the ``ElementLayout`` of what is left."""
+    ``element_layout=True``: the result carries the ``ElementLayout`` of what is left.
+
+    A ``DTensor`` weight (2-D, a 1-D mesh, ``Shard(0)``, ``Shard(1)`` or ``Replicate()``) is
+    projected onto its exact global top-k by ``sparsekern.projection.sharded``: every rank calls
+    this in the same order (it runs collectives), with arguments that refer to the global
+    weight; ``backend`` must be None, and ``SPARSEKERN_PROJECTION_BACKEND`` is ignored (the
+    shards run their own selection; a replicated weight the automatic backend).
+    """
+    if is_dtensor(weight):
+        from .sharded import ShardedProjection  # imports this module: not at the top
+
+        return ShardedProjection(weight, k, granularity, block_size, min_per_row, min_per_col, backend,
+                                 element_layout)
     return _Prepared(weight, k, granularity, block_size, min_per_row, min_per_col, backend, element_layout)
 
 
@@ -160,7 +193,8 @@ def topk_project_(weight: torch.Tensor, k: int, *, granularity: str = "element",
     mode, optional, the blocks whose nonzeros ``result.block_counts`` reports.
     ``min_per_row`` / ``min_per_col``: floors, in entries (blocks); they count towards ``k``.
     ``backend``: force one of ``projection_backends()``; None picks the fastest that can run.
-    See the module docstring for the exact rule. Returns a ``ProjectionResult``.
+    See the module docstring for the exact rule. Returns a ``ProjectionResult``. A ``DTensor``
+    weight: see ``prepare_projection``.
     """
     return prepare_projection(weight, k, granularity=granularity, block_size=block_size,
                               min_per_row=min_per_row, min_per_col=min_per_col, backend=backend).apply()
