@@ -9,7 +9,7 @@ PY     := $(VENV)/bin/python
 EXTRAS := test,bench,triton
 SOURCES := $(shell find csrc sparsekern -name '*.cpp' -o -name '*.cu' -o -name '*.h' -o -name '*.cuh' 2>/dev/null)
 
-.PHONY: test bench bench-peers bench-recipe demo install clean gpu-check gpu-versions
+.PHONY: test bench bench-peers bench-recipe demo circuits distributed install clean gpu-check gpu-versions
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,18 @@ $(GPU_VERSIONS_VENV)/.checked: tools/gpu_versions.sh setup.py $(SOURCES) $(shell
 # The default benchmark (headline sweep; BENCH_ARGS="--full" for the large one). Results go to bench-results/.
 bench: install
 	$(PY) -m sparsekern.bench $(BENCH_ARGS)
+
+# Circuits (sparsekern.circuits): a dense and a weight-sparse GPT of the example pruned to their smallest
+# circuits on two tasks at the same target losses; table, circuits and picture in examples/out/circuits/.
+# About 50 minutes on 2 shared cores the first time (training both models), about 17 after. CIRCUITS_ARGS to change it.
+circuits: install
+	$(PY) examples/prune_circuit.py $(CIRCUITS_ARGS)
+
+# The example's recipe under FSDP2 on 2 CPU processes (gloo), checked bitwise against one process
+# (examples/train_distributed.py; DISTRIBUTED_ARGS to change it).
+distributed: install
+	OMP_NUM_THREADS=1 $(PY) -m torch.distributed.run --standalone --nproc-per-node $${NPROC:-2} \
+		examples/train_distributed.py $(DISTRIBUTED_ARGS)
 
 # One training step of the published MLP block, sparsekern against the published way, with the
 # breakdown by phase (sparsekern/bench/recipe.py; RECIPE_ARGS, e.g. "--threads 2 --steps 9").
