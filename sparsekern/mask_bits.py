@@ -16,7 +16,7 @@ def pack_mask(mask: torch.Tensor) -> torch.Tensor:
     """bool ``[rows, cols]`` -> uint8 ``[rows, ceil(cols / 8)]``: entry ``(r, 8 * b + j)`` is bit ``j``
     of byte ``(r, b)`` (little-endian along a row; the padding bits are 0). Any device."""
     rows, cols = mask.shape
-    if cols % 8 == 0 and mask.is_contiguous():
+    if cols % 8 == 0 and mask.is_contiguous() and mask.storage_offset() % 8 == 0:  # viewable as int64
         padded = mask.view(torch.uint8)
     else:
         padded = torch.zeros((rows, math.ceil(cols / 8) * 8), dtype=torch.uint8, device=mask.device)

@@ -150,8 +150,9 @@ class SparseLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.weight.is_meta:  # deferred initialisation: no values, only the output's shape
             return F.linear(x, self.weight, self.bias)
-        if not torch.compiler.is_compiling():  # dynamo cannot trace a version counter
-            self._adopt_written_layout()
+        if not torch.compiler.is_compiling():  # dynamo cannot trace the check
+            # Every forward compares: DDP's buffer sync before each forward keeps the version counter.
+            self._adopt_written_layout(compare=True)
         if self._format == "dense":
             return masked_dense_linear(x, self.weight, self._layout, self.bias, mask=self._dense_mask,
                                        dense_weight_grad=self.dense_grad)
@@ -223,17 +224,19 @@ class SparseLinear(nn.Module):
         # only a compare tells what it wrote after this layer changed its layout.
         self._layout_written = (buffer, None)
 
-    def _adopt_written_layout(self) -> None:
+    def _adopt_written_layout(self, compare: bool = False) -> None:
         """Adopt the layout ``layout_mask`` holds if something else wrote it (DDP's broadcast of
-        rank 0's buffers, a user's copy into it): the first read after the layer wrote the buffer
-        compares it with what was written, later reads only when its version counter moved. The
-        bits the layer runs already (DDP's broadcasts once the ranks agree) cost one compare."""
+        rank 0's buffers, a user's copy into it). ``compare=True`` (the forward) compares the bits
+        every time: DDP's sync of the buffers before each forward keeps their version counters, so
+        only the bits tell (a compare of ``out * in / 8`` bytes; bits the layer runs already cost
+        nothing more). Otherwise (reading ``layout`` or ``format``) the first read after the layer
+        wrote the buffer compares, later reads only when its version counter moved."""
         if not self.weight.is_meta and self._sparsity.device != self.weight.device:
             # Moved without _apply: fully_shard moves parameters and buffers to its mesh's device by `.data =`.
             self._move_layout(self.weight.device)
         buffer = self._buffers.get(LAYOUT_MASK)
         written, version = self._layout_written
-        if buffer is None or buffer.is_meta or (buffer is written and version is not None
+        if buffer is None or buffer.is_meta or (not compare and buffer is written and version is not None
                                                 and buffer._version == version):
             return
         errors = self._checkpoint_errors({LAYOUT_MASK: buffer}, "")
@@ -339,7 +342,13 @@ class SparseLinear(nn.Module):
         from this layer's ``plan_projection`` (a plan for another weight raises, writing nothing)."""
         if not callable(getattr(plan, "made_for", None)):
             raise TypeError(f"plan must come from plan_projection, got {type(plan).__name__}")
-        if not plan.made_for(self.weight):
+        if is_dtensor(self.weight):
+            # Only what every rank sees alike may raise here: a shard changed on one rank is refused by
+            # apply() on every rank (a local refusal would leave the other ranks in its collective).
+            if getattr(plan, "source", None) is not self.weight:
+                raise ValueError("plan was prepared for another weight than this layer's: make it with this "
+                                 "layer's plan_projection")
+        elif not plan.made_for(self.weight):
             raise ValueError("plan was prepared for another weight than this layer's (or before it changed): make "
                              "it with this layer's plan_projection")
         result = plan.apply()

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from sparsekern import SparseLinear, formats
+from sparsekern.mask_bits import pack_mask
 
 FORMATS = SparseLinear.FORMATS
 
@@ -95,6 +96,10 @@ def test_pack_mask_every_byte_at_every_position_and_odd_widths():
         mask = torch.rand(5, cols) < 0.5
         assert torch.equal(unpack_mask(pack_mask(mask), cols), mask)
         assert torch.equal(unpack_mask(pack_mask(mask.t().contiguous().t()), cols), mask)  # strided
+    # Contiguous, but at an offset no int64 view can take.
+    flat = torch.rand(8 * 5 + 3) < 0.5
+    offset = flat[3:].view(5, 8)
+    assert torch.equal(unpack_mask(pack_mask(offset), 8), offset)
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
@@ -289,6 +294,23 @@ def test_a_buffer_replaced_by_a_wrong_one_raises_naming_it():
     layer.layout_mask = torch.zeros(32, 5, dtype=torch.uint8)  # nn.Module rebinds the buffer
     with pytest.raises(ValueError, match=r"layout_mask buffer was replaced.*shape \(32, 6\)"):
         layer(torch.randn(2, 48))
+
+
+def test_a_version_keeping_write_after_a_forward_is_adopted_by_the_next_forward():
+    # Rank 0 alone changes its layout after the ranks agreed (a refresh_layout, a load): DDP's sync
+    # before the next forward writes it into rank 1's buffer keeping the version counter, and
+    # rank 1's forward must run it all the same.
+    torch.manual_seed(11)
+    rank0, rank1 = (SparseLinear(48, 32, density=0.25, block_size=16, format="element") for _ in range(2))
+    x = torch.randn(3, 48)
+    rank0(x), rank1(x)  # both have read their own buffers since their last writes
+    with torch.no_grad(), torch.autograd._unsafe_preserve_version_counter((rank1.layout_mask,)):
+        rank1.layout_mask.copy_(rank0.layout_mask)
+    with torch.no_grad():
+        rank1.weight.copy_(rank0.weight)
+        rank1.bias.copy_(rank0.bias)
+    torch.testing.assert_close(rank1(x), rank0(x), rtol=0, atol=0)
+    assert torch.equal(pack_mask(rank1.layout.to_mask()), rank1.layout_mask)
 
 
 def test_a_write_that_keeps_the_version_counter_is_adopted_after_a_layout_change():

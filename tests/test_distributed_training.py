@@ -229,7 +229,22 @@ def _fsdp_methods(rank: int) -> dict:
     sharded.reset_parameters()
     out["reset"] = bool((sharded.weight.full_tensor()[~sharded.layout.to_mask()] == 0).all())
     out["rollback"] = _failed_step_leaves_everything(model)
+    out["changed_on_one_rank"] = _change_on_rank_1_is_refused_on_every_rank(sharded, rank)
     return out
+
+
+def _change_on_rank_1_is_refused_on_every_rank(layer, rank: int) -> str | None:
+    """A shard changed on rank 1 between plan_projection and apply_projection: every rank refuses
+    (a refusal on rank 1 alone would leave rank 0 waiting in the projection's collective)."""
+    plan = layer.plan_projection(0.25)
+    if rank == 1:
+        with torch.no_grad():
+            layer.weight.to_local().mul_(2)
+    try:
+        layer.apply_projection(plan)
+    except RuntimeError as error:
+        return str(error)
+    return None
 
 
 def _failed_step_leaves_everything(model) -> bool:
@@ -283,6 +298,7 @@ def test_fsdp2_on_2_ranks_trains_and_projects_bitwise_as_one_process(two_ranks):
         assert "'0' (ranks [1] differ from rank 0); '2' (ranks [1]" in message, rank
         assert result["to_dense"] == ("DTensor", True, True), rank
         assert result["refresh"] and result["state_dict"] and result["reset"] and result["rollback"], rank
+        assert "on ranks [1]" in (result["changed_on_one_rank"] or ""), (rank, result["changed_on_one_rank"])
 
 
 def test_fsdp2_on_4_ranks_with_uneven_shards_trains_and_projects_bitwise_as_one_process():

@@ -360,7 +360,7 @@ def _cases_on_four(rank: int, world_size: int) -> list:
     ties = make_weight("ties", (10, 10), torch.float32, generator)
     normal = make_weight("normal", (10, 10), torch.float32, generator)
     for placement in ("Shard(0)", "Shard(1)"):
-        assert _ties_at_cutoff(ties, placement, world_size, 41)
+        assert _ties_at_cutoff(ties, placement, world_size, 41), (rank, placement, "no ties across shards at k=41")
         for k in (0, 41, 100):
             reports.append(_compare(mesh, ties, placement, k))
         reports.append(_compare(mesh, ties, placement, 40, min_per_row=2, min_per_col=2))
@@ -398,7 +398,8 @@ def _cases_on_four(rank: int, world_size: int) -> list:
         prepare_projection(flat, 10).apply()
     except ValueError as e:
         errors.append(str(e))
-    assert torch.equal(bits(before), bits(weight.to_local())) and torch.equal(bits(before_2d), bits(flat.to_local()))
+    assert torch.equal(bits(before), bits(weight.to_local())), (rank, "a refused call changed the Shard(0) weight")
+    assert torch.equal(bits(before_2d), bits(flat.to_local())), (rank, "a refused call changed the 2-D mesh weight")
     return reports, errors
 
 

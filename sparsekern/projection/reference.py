@@ -20,15 +20,24 @@ def block_norms(weight: torch.Tensor, block_size) -> torch.Tensor:
     (rows halved, then columns; block sides are powers of two) of elementwise adds, where a
     torch reduction picks its order from the whole tensor's shape. So a block scored on one
     shard of a sharded weight ties with, and ranks like, the same block in the whole weight.
+    A few block rows at a time, in one fp32 buffer: no copy of the whole weight.
     """
-    squares = blocked(weight.detach(), block_size, torch.float32).square()  # [block rows, bo, block cols, bi]
-    for dim in (1, 3):
-        while squares.shape[dim] > 1:
-            half = squares.shape[dim] // 2
-            first = squares.narrow(dim, 0, half)
-            first.add_(squares.narrow(dim, half, half))
-            squares = first
-    return squares.squeeze(3).squeeze(1).sqrt()
+    grid = blocked(weight.detach(), block_size)  # [block rows, bo, block cols, bi], a view when no padding
+    n_rows, bo, n_cols, bi = grid.shape
+    norms = torch.empty((n_rows, n_cols), dtype=torch.float32, device=grid.device)
+    step = max(1, min(n_rows, (1 << 20) // max(1, bo * n_cols * bi)))  # about 4 MiB of squares a step
+    buffer = torch.empty((step, bo, n_cols, bi), dtype=torch.float32, device=grid.device)
+    for start in range(0, n_rows, step):
+        part = grid[start:start + step]
+        squares = buffer[:part.shape[0]].copy_(part).square_()
+        for dim in (1, 3):
+            while squares.shape[dim] > 1:
+                half = squares.shape[dim] // 2
+                first = squares.narrow(dim, 0, half)
+                first.add_(squares.narrow(dim, half, half))
+                squares = first
+        torch.sqrt(squares.squeeze(3).squeeze(1), out=norms[start:start + step])
+    return norms
 
 
 def _top_along(scores: torch.Tensor, m: int, dim: int) -> torch.Tensor:
