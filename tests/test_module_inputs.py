@@ -292,6 +292,7 @@ def test_outputs_are_no_views_and_3d_inputs_train_in_every_format(fmt):
         reference.zero_grad()
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device to move to")
 def test_a_layer_moved_by_data_assignment_follows_with_its_layout():
     # fully_shard moves parameters and buffers to its mesh's device by `.data =`, which _apply never sees.

@@ -58,6 +58,7 @@ GPU_TEST_MODULES = {
     "tests/test_abs_topk_gpu.py": [],
     "tests/test_bench_cli.py": ["-m", "gpu"],
     "tests/test_entry_points.py": ["-m", "gpu"],
+    "tests/test_module_inputs.py": ["-m", "gpu"],
 }
 
 # The GPU benchmark: a few densities and block sides at one large shape, both passes that
