@@ -16,6 +16,8 @@ def pack_mask(mask: torch.Tensor) -> torch.Tensor:
     """bool ``[rows, cols]`` -> uint8 ``[rows, ceil(cols / 8)]``: entry ``(r, 8 * b + j)`` is bit ``j``
     of byte ``(r, b)`` (little-endian along a row; the padding bits are 0). Any device."""
     rows, cols = mask.shape
+    if rows == 0 or cols == 0:  # no int64 view of an empty tensor
+        return torch.zeros((rows, math.ceil(cols / 8)), dtype=torch.uint8, device=mask.device)
     if cols % 8 == 0 and mask.is_contiguous() and mask.storage_offset() % 8 == 0:  # viewable as int64
         padded = mask.view(torch.uint8)
     else:
@@ -34,4 +36,4 @@ def pack_mask(mask: torch.Tensor) -> torch.Tensor:
 def unpack_mask(packed: torch.Tensor, cols: int) -> torch.Tensor:
     """The inverse of ``pack_mask``: the bool ``[rows, cols]`` mask (padding bits ignored)."""
     bits = torch.tensor(_BIT_VALUES, dtype=torch.uint8, device=packed.device)
-    return ((packed.unsqueeze(-1) & bits) != 0).view(packed.shape[0], -1)[:, :cols].contiguous()
+    return ((packed.unsqueeze(-1) & bits) != 0).view(packed.shape[0], packed.shape[1] * 8)[:, :cols].contiguous()

@@ -96,6 +96,9 @@ def test_pack_mask_every_byte_at_every_position_and_odd_widths():
         mask = torch.rand(5, cols) < 0.5
         assert torch.equal(unpack_mask(pack_mask(mask), cols), mask)
         assert torch.equal(unpack_mask(pack_mask(mask.t().contiguous().t()), cols), mask)  # strided
+    for empty in ((0, 12), (3, 0), (0, 0)):  # no rows, no columns
+        mask = torch.zeros(empty, dtype=torch.bool)
+        assert torch.equal(unpack_mask(pack_mask(mask), empty[1]), mask)
     # Contiguous, but at an offset no int64 view can take.
     flat = torch.rand(8 * 5 + 3) < 0.5
     offset = flat[3:].view(5, 8)
