@@ -299,6 +299,16 @@ def test_a_buffer_replaced_by_a_wrong_one_raises_naming_it():
         layer(torch.randn(2, 48))
 
 
+def _sync_as_ddp(source: SparseLinear, target: SparseLinear) -> None:
+    """What DDP's buffer sync before a forward does: source's state copied into target's tensors,
+    the buffer's version counter kept."""
+    with torch.no_grad(), torch.autograd._unsafe_preserve_version_counter((target.layout_mask,)):
+        target.layout_mask.copy_(source.layout_mask)
+    with torch.no_grad():
+        target.weight.copy_(source.weight)
+        target.bias.copy_(source.bias)
+
+
 def test_a_version_keeping_write_after_a_forward_is_adopted_by_the_next_forward():
     # Rank 0 alone changes its layout after the ranks agreed (a refresh_layout, a load): DDP's sync
     # before the next forward writes it into rank 1's buffer keeping the version counter, and
@@ -307,11 +317,7 @@ def test_a_version_keeping_write_after_a_forward_is_adopted_by_the_next_forward(
     rank0, rank1 = (SparseLinear(48, 32, density=0.25, block_size=16, format="element") for _ in range(2))
     x = torch.randn(3, 48)
     rank0(x), rank1(x)  # both have read their own buffers since their last writes
-    with torch.no_grad(), torch.autograd._unsafe_preserve_version_counter((rank1.layout_mask,)):
-        rank1.layout_mask.copy_(rank0.layout_mask)
-    with torch.no_grad():
-        rank1.weight.copy_(rank0.weight)
-        rank1.bias.copy_(rank0.bias)
+    _sync_as_ddp(rank0, rank1)
     torch.testing.assert_close(rank1(x), rank0(x), rtol=0, atol=0)
     assert torch.equal(pack_mask(rank1.layout.to_mask()), rank1.layout_mask)
 
@@ -326,10 +332,6 @@ def test_a_write_that_keeps_the_version_counter_is_adopted_after_a_layout_change
         if project:  # a new layout on both, then rank 0's broadcast again
             rank0.project_(0.1)
             rank1.project_(0.2)
-        with torch.no_grad(), torch.autograd._unsafe_preserve_version_counter((rank1.layout_mask,)):
-            rank1.layout_mask.copy_(rank0.layout_mask)
-        with torch.no_grad():
-            rank1.weight.copy_(rank0.weight)
-            rank1.bias.copy_(rank0.bias)
+        _sync_as_ddp(rank0, rank1)
         torch.testing.assert_close(rank1(x), rank0(x), rtol=0, atol=0)
         assert torch.equal(rank1.layout.to_mask(), rank0.layout.to_mask())
