@@ -52,6 +52,29 @@ def test_equality_repr_and_device():
     assert (layout == object()) is False
 
 
+def test_from_entries_is_the_layout_of_the_mask():
+    gen = torch.Generator().manual_seed(4)
+    mask = torch.rand(29, 41, generator=gen) < 0.3
+    rows, cols = mask.nonzero(as_tuple=True)
+    layout = ElementLayout.from_entries((29, 41), rows, cols.int())
+    assert layout == ElementLayout.from_mask(mask) and torch.equal(layout.to_mask(), mask)
+    assert torch.equal(layout.row_idx, ElementLayout.from_mask(mask).row_idx)
+    empty = ElementLayout.from_entries((3, 4), torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long))
+    assert empty.nnz == 0 and not empty.to_mask().any()
+    with pytest.raises(ValueError, match="row-major"):  # out of order
+        ElementLayout.from_entries((29, 41), rows.flip(0), cols.flip(0))
+    with pytest.raises(ValueError, match="each once"):  # an entry twice
+        ElementLayout.from_entries((29, 41), torch.cat([rows[:1], rows]), torch.cat([cols[:1], cols]))
+    with pytest.raises(ValueError, match=r"index a \(29, 41\) weight"):
+        ElementLayout.from_entries((29, 41), rows, cols + 41)
+    with pytest.raises(ValueError, match="as many entries"):
+        ElementLayout.from_entries((29, 41), rows, cols[1:])
+    with pytest.raises(TypeError, match="cols must be a 1-D integer tensor"):
+        ElementLayout.from_entries((29, 41), rows, cols.float())
+    with pytest.raises(ValueError, match="shape"):
+        ElementLayout.from_entries((0, 41), rows, cols)
+
+
 def test_bad_input_names_the_argument():
     with pytest.raises(TypeError, match="mask must be a bool tensor"):
         ElementLayout(torch.ones(3, 3))

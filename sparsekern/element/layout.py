@@ -85,6 +85,33 @@ class ElementLayout:
         return cls(weight.detach() != 0)
 
     @classmethod
+    def from_entries(cls, shape, rows: torch.Tensor, cols: torch.Tensor) -> "ElementLayout":
+        """The entries ``(rows[j], cols[j])`` of a ``shape`` weight, listed row-major (rows
+        ascending, columns ascending within a row, none twice): the index without a
+        ``[out, in]`` mask, for callers that hold the entries already (the sharded projection)."""
+        shape = _check_shape(tuple(shape), "shape")
+        for name, t in (("rows", rows), ("cols", cols)):
+            if not isinstance(t, torch.Tensor) or t.dim() != 1 or t.dtype.is_floating_point or t.dtype == torch.bool:
+                raise TypeError(f"{name} must be a 1-D integer tensor, got "
+                                f"{getattr(t, 'dtype', type(t).__name__)} of shape {tuple(getattr(t, 'shape', ()))}")
+        if rows.numel() != cols.numel() or rows.device != cols.device:
+            raise ValueError(f"rows and cols must list as many entries on one device, got {rows.numel()} on "
+                             f"{rows.device} and {cols.numel()} on {cols.device}")
+        if max(shape) > _INT32_MAX:
+            raise ValueError(f"shape sides must be below 2^31, got {shape}")
+        rows, cols = rows.long(), cols.long()
+        if rows.numel():
+            if int(rows.min()) < 0 or int(rows.max()) >= shape[0] or int(cols.min()) < 0 or int(cols.max()) >= shape[1]:
+                raise ValueError(f"rows and cols must index a {shape} weight")
+            key = rows * shape[1] + cols
+            if bool((key[1:] <= key[:-1]).any()):
+                raise ValueError("rows and cols must list the entries row-major, each once")
+        layout = cls.__new__(cls)
+        layout.shape = shape
+        layout._set_index(rows, cols)
+        return layout
+
+    @classmethod
     def random(cls, shape, density, *, generator=None, device=None) -> "ElementLayout":
         """Exactly ``count_for_density(density, out * in)`` nonzeros, placed uniformly at random, on
         ``device`` (see ``random_mask``: the CPU under ``torch.device("meta")``)."""

@@ -346,10 +346,7 @@ def _layout_from_bits(packed_parts, offsets, split_dim, shape) -> tuple:
     if split_dim == 1:  # rank by rank within a row: row-major is a stable sort by row
         order = torch.argsort(rows, stable=True)
         rows, cols = rows[order], cols[order]
-    layout = ElementLayout.__new__(ElementLayout)  # from the entries, not a [rows, cols] mask
-    layout.shape = tuple(shape)
-    layout._set_index(rows, cols)
-    return layout, rows, cols
+    return ElementLayout.from_entries(shape, rows, cols), rows, cols
 
 
 # ----------------------------------------------------------------------------- the plan
