@@ -58,7 +58,7 @@ floats are flushed to zero during the run (they slow CPUs down).
 The default size: 4 blocks of ``d_model`` 512 (8 heads), ``d_mlp`` 2048, 12.9 M parameters,
 density 1/64, 140 steps of 4 windows of 64 bytes. At the end the script reports each run's
 validation loss, quote-closing accuracy (held-out closing quotes, ``--quote-ctx`` bytes of
-context: does the model prefer the quote that opened the literal?) and training wall time
+context holding the opening quote: does the model prefer the quote that opened the literal?) and training wall time
 (split into the annealing steps and the steps at the target density, and into forward,
 backward, optimizer and projection), the ratios sparsekern/published and sparsekern/dense,
 and the nonzeros of every sparse layer in both sparse runs against the target; it saves the sparsekern model
@@ -696,8 +696,8 @@ def evaluate_loss(model: nn.Module, corpus: Corpus, cfg: Config) -> float:
 _STRING_PREFIXES = {"", "r", "u", "b", "br", "rb"}  # no f-strings: Python 3.12 tokenizes them apart
 
 
-def closing_quote_offsets(source: bytes) -> list[int]:
-    """Byte offsets of the closing quote of every one-line ``'...'`` / ``"..."`` literal.
+def quote_literal_offsets(source: bytes) -> list[tuple[int, int]]:
+    """``(closing quote, opening quote)`` byte offsets of every one-line ``'...'`` / ``"..."`` literal.
 
     Triple-quoted strings, f-strings and strings continued over lines are left out.
     """
@@ -707,7 +707,11 @@ def closing_quote_offsets(source: bytes) -> list[int]:
     for line in lines:
         line_starts.append(pos)
         pos += len(line.encode("utf-8"))
-    offsets = []
+
+    def offset(row, col):  # tokenize's (1-based row, character column) as a byte offset
+        return line_starts[row - 1] + len(lines[row - 1][:col].encode("utf-8"))
+
+    pairs = []
     try:
         for tok in tokenize.generate_tokens(io.StringIO(text, newline="").readline):
             if tok.type != tokenize.STRING or tok.start[0] != tok.end[0]:
@@ -719,31 +723,36 @@ def closing_quote_offsets(source: bytes) -> list[int]:
                 continue
             if body[0] != body[-1] or body[0] not in "'\"":
                 continue
-            row, col = tok.end[0] - 1, tok.end[1] - 1  # the closing quote's character
-            line = lines[row]
-            offsets.append(line_starts[row] + len(line[:col].encode("utf-8")))
+            pairs.append((offset(tok.end[0], tok.end[1] - 1), offset(tok.start[0], tok.start[1] + len(prefix))))
     except (tokenize.TokenError, SyntaxError, IndentationError):
         pass  # a file tokenize cannot read to the end: keep the literals found before
-    return offsets
+    return pairs
+
+
+def heldout_sources(corpus: Corpus):
+    """``(start offset in corpus.val, source bytes)`` of every held-out file."""
+    ends = [start for _, start in corpus.val_files[1:]] + [corpus.val.numel()]
+    for (_, start), end in zip(corpus.val_files, ends):
+        yield start, bytes(corpus.val[start:end - 1].tolist())  # without the separator
 
 
 def quote_cases(corpus: Corpus, ctx: int, max_cases: int) -> torch.Tensor:
-    """Positions in ``corpus.val`` of closing quotes with ``ctx`` bytes before them.
+    """Positions in ``corpus.val`` of closing quotes whose opening quote lies in the ``ctx``
+    bytes before them, within the same file.
 
     The model sees the ``ctx`` bytes up to the closing quote and must prefer the quote
-    that opened the literal. At most ``max_cases``, evenly spread over all literals found.
+    that opened the literal; a literal longer than the context would hide the answer, so it
+    is left out. At most ``max_cases``, evenly spread over all literals found.
     """
-    val = corpus.val
-    ends = [start for _, start in corpus.val_files[1:]] + [val.numel()]
     positions = []
-    for (_, start), end in zip(corpus.val_files, ends):
-        source = bytes(val[start:end - 1].tolist())  # without the separator
-        positions.extend(start + off for off in closing_quote_offsets(source) if start + off >= ctx)
+    for start, source in heldout_sources(corpus):
+        positions.extend(start + close for close, opener in quote_literal_offsets(source)
+                         if close - opener <= ctx and close >= ctx)
     if len(positions) > max_cases:
         step = len(positions) / max_cases
         positions = [positions[int(i * step)] for i in range(max_cases)]
     positions = torch.tensor(positions, dtype=torch.long)
-    if not bool(torch.isin(val[positions], torch.tensor(QUOTES, dtype=val.dtype)).all()):
+    if not bool(torch.isin(corpus.val[positions], torch.tensor(QUOTES, dtype=corpus.val.dtype)).all()):
         raise RuntimeError("a quote-closing case does not point at a quote byte")  # an offset bug
     return positions
 

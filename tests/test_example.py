@@ -252,7 +252,7 @@ def test_checkpoint_reloads_to_identical_outputs(example, tiny_run):
         assert torch.equal(reloaded(x), trained(x))
 
 
-def test_quote_offsets_find_closing_quotes(example):
+def test_quote_offsets_find_closing_quotes_and_their_openers(example):
     source = (
         "a = 'x'\n"
         "b = \"it's\" + r'\\d'\n"
@@ -260,11 +260,27 @@ def test_quote_offsets_find_closing_quotes(example):
         "d = f'{a}'  # f-string: left out\n"
         "e = 'caf\u00e9' + \"\"\n"
     ).encode("utf-8")
-    offsets = example.closing_quote_offsets(source)
-    closing = [source[o:o + 1] for o in offsets]
+    pairs = example.quote_literal_offsets(source)
+    closing = [source[c:c + 1] for c, _ in pairs]
     assert closing == [b"'", b'"', b"'", b"'", b'"']
-    # Each offset is the literal's last byte: the byte before is the end of its body.
-    assert [source[o - 1:o] for o in offsets] == [b"x", b"s", b"d", b"\xa9", b'"']
+    # Each closer is the literal's last byte: the byte before is the end of its body.
+    assert [source[c - 1:c] for c, _ in pairs] == [b"x", b"s", b"d", b"\xa9", b'"']
+    # Each opener is the same quote, after any prefix (r'...'), and the body lies between them.
+    assert [source[o:c + 1] for c, o in pairs] == [b"'x'", b'"it\'s"', b"'\\d'", "'caf\u00e9'".encode(), b'""']
+
+
+def test_quote_cases_show_the_opening_quote(example, tiny_run):
+    _, result = tiny_run
+    corpus, ctx = result.corpus, 8
+    cases = example.quote_cases(corpus, ctx, 10**9)
+    assert cases.numel() > 0
+    every = [start + c for start, src in example.heldout_sources(corpus)
+             for c, o in example.quote_literal_offsets(src) if c >= ctx]
+    assert len(every) > cases.numel()  # some literals are longer than 8 bytes: left out
+    val = corpus.val
+    for pos in cases.tolist():
+        # The prompt (the ctx bytes before the closer) holds the same quote byte as the answer.
+        assert int(val[pos]) in val[pos - ctx:pos].tolist()
 
 
 def test_heldout_split_is_by_file_and_deterministic(example, tiny_run):
