@@ -18,9 +18,10 @@ Not counted (no weight matrix): q-k products, the residual additions, the RMSNor
 the embeddings.
 
 Tasks (``BinaryTask``, the last ``ctx`` bytes before the answer as the prompt), both balanced (as
-many cases of either answer, so knowing nothing costs ln 2 nats):
-* ``quote``: close a one-line string with the quote that opened it, ``'`` or ``"`` (the literals
-  of the example's ``quote_cases``), where the opening quote lies within the prompt;
+many cases of either answer, so knowing nothing costs ln 2 nats), each as two tasks from disjoint
+held-out files (``split_by_file``): one to learn the masks on, one to bisect and report on:
+* ``quote``: close a one-line string with the quote that opened it, ``'`` or ``"`` (the example's
+  ``quote_cases``: the opening quote lies within the prompt);
 * ``bracket``: close the innermost open bracket with ``)`` or ``]``, at every ``)`` or ``]`` of
   held-out source whose opener lies within the prompt (nested brackets make it a matter of
   depth: in ``f(a[i], b)`` the ``]`` closes before the ``)``).
@@ -114,33 +115,6 @@ def bracket_close_offsets(source: bytes, ctx: int) -> list:
     return pairs
 
 
-def quote_close_offsets(source: bytes) -> list:
-    """``(offset of the closing quote, offset of the opening quote)`` of every one-line
-    ``'...'``/``"..."`` literal: the literals ``train_sparse_gpt.closing_quote_offsets`` keeps
-    (no triple quotes, no f-strings, one line), with where each opens."""
-    ex = load_example()
-    text = source.decode("utf-8")
-    lines, starts = _line_offsets(text)
-    pairs = []
-    try:
-        for tok in tokenize.generate_tokens(io.StringIO(text, newline="").readline):
-            if tok.type != tokenize.STRING or tok.start[0] != tok.end[0]:
-                continue
-            body = tok.string.lstrip("rRbBuU")
-            prefix = tok.string[: len(tok.string) - len(body)].lower()
-            if prefix not in ex._STRING_PREFIXES or len(body) < 2 or body[:3] in ("'''", '"""'):
-                continue
-            if body[0] != body[-1] or body[0] not in "'\"":
-                continue
-            row, line = tok.start[0] - 1, lines[tok.start[0] - 1]
-            opener = starts[row] + len(line[:tok.start[1] + len(prefix)].encode("utf-8"))
-            closer = starts[row] + len(line[:tok.end[1] - 1].encode("utf-8"))
-            pairs.append((closer, opener))
-    except (tokenize.TokenError, SyntaxError, IndentationError):
-        pass  # a file tokenize cannot read to the end: keep the literals found before
-    return pairs
-
-
 def _spread(positions: list, max_cases: int) -> list:
     if len(positions) > max_cases:
         step = len(positions) / max_cases
@@ -148,30 +122,19 @@ def _spread(positions: list, max_cases: int) -> list:
     return positions
 
 
-def visible_cases(corpus, ctx: int, max_cases: int, pairs_of, answers) -> torch.Tensor:
-    """Positions in ``corpus.val`` of the closers ``pairs_of(source)`` finds whose opener is
-    within the ``ctx`` bytes before them (the prompt shows it), evenly spread, at most ``max_cases``."""
-    val = corpus.val
-    ends = [start for _, start in corpus.val_files[1:]] + [val.numel()]
+def bracket_cases(corpus, ctx: int) -> torch.Tensor:
+    """Positions in ``corpus.val`` of the ``)``/``]`` closers whose opener lies within the ``ctx``
+    bytes before them (the prompt shows it), within the same file."""
     positions = []
-    for (_, start), end in zip(corpus.val_files, ends):
-        source = bytes(val[start:end - 1].tolist())  # without the separator
-        positions.extend(start + close for close, opener in pairs_of(source)
-                         if close - opener <= ctx and start + close >= ctx)
-    positions = torch.tensor(_spread(positions, max_cases), dtype=torch.long)
-    if positions.numel() and not bool(torch.isin(val[positions], torch.tensor(answers, dtype=val.dtype)).all()):
-        raise RuntimeError(f"a case does not point at one of {[chr(a) for a in answers]}")  # an offset bug
-    return positions
+    for start, source in load_example().heldout_sources(corpus):
+        positions.extend(start + close for close, opener in bracket_close_offsets(source, ctx)
+                         if close - opener <= ctx and close >= ctx)
+    return torch.tensor(positions, dtype=torch.long)
 
 
-def bracket_cases(corpus, ctx: int, max_cases: int) -> torch.Tensor:
-    """``)``/``]`` closers whose opener is in the prompt."""
-    return visible_cases(corpus, ctx, max_cases, lambda src: bracket_close_offsets(src, ctx), (ord(")"), ord("]")))
-
-
-def quote_cases(corpus, ctx: int, max_cases: int) -> torch.Tensor:
-    """Closing quotes whose opening quote is in the prompt (a longer literal hides the answer)."""
-    return visible_cases(corpus, ctx, max_cases, quote_close_offsets, load_example().QUOTES)
+def quote_cases(corpus, ctx: int) -> torch.Tensor:
+    """Closing quotes whose opening quote is in the prompt: the example's quote-closing cases."""
+    return load_example().quote_cases(corpus, ctx, max_cases=10**9)
 
 
 def task_from_positions(name: str, val: torch.Tensor, positions: torch.Tensor, ctx: int, candidates) -> BinaryTask:
@@ -185,30 +148,37 @@ def task_from_positions(name: str, val: torch.Tensor, positions: torch.Tensor, c
     return BinaryTask(name, inputs, tuple(candidates), labels)
 
 
-def split_task(task: BinaryTask) -> tuple:
-    """Even-numbered cases to train the masks, odd-numbered ones to bisect and report on (both
-    spread over every held-out file)."""
-    index = torch.arange(len(task))
-    return task.subset(index[0::2]), task.subset(index[1::2])
+def split_by_file(corpus, positions: torch.Tensor) -> tuple:
+    """``(mask-training positions, evaluation positions)``: the cases of the even-numbered held-out
+    files and of the odd-numbered ones. No file gives cases to both, so a circuit cannot score
+    by what is common to one file (a name, a style of quoting)."""
+    starts = torch.tensor([start for _, start in corpus.val_files], dtype=torch.long)
+    file_index = torch.searchsorted(starts, positions, right=True) - 1
+    even = file_index % 2 == 0
+    return positions[even], positions[~even]
 
 
 def balanced(val: torch.Tensor, positions: torch.Tensor, candidates, max_cases: int) -> torch.Tensor:
-    """At most ``max_cases // 2`` positions answered by each candidate, evenly spread over the
-    files, in corpus order: the tasks are balanced, so a model that knows nothing scores ln 2."""
-    per_class = max_cases // 2
+    """As many positions answered by either candidate (at most ``max_cases // 2`` each, as many as
+    the rarer one has), evenly spread over the files, in corpus order: the tasks are balanced,
+    so a model that knows nothing scores ln 2."""
+    of_class = [positions[val[positions] == c].tolist() for c in candidates]
+    per_class = min(max_cases // 2, *map(len, of_class))
     chosen = []
-    for c in candidates:
-        of_class = positions[val[positions] == c].tolist()
-        chosen += _spread(of_class, per_class)
+    for cases in of_class:
+        chosen += _spread(cases, per_class)
     return torch.tensor(sorted(chosen), dtype=torch.long)
 
 
 def build_tasks(corpus, ctx: int, max_cases: int) -> dict:
-    """``{"quote": BinaryTask, "bracket": BinaryTask}`` from the corpus's held-out files, each
-    with as many cases of either answer (at most ``max_cases // 2`` each)."""
+    """``{"quote": (train, eval), "bracket": (train, eval)}``: two ``BinaryTask`` each from disjoint
+    held-out files (``split_by_file``), each balanced (at most ``max_cases // 4`` cases of either
+    answer): the masks are learned on ``train``, and the bisection and every reported loss use
+    ``eval``."""
     ex = load_example()
-    many = 10**9
-    specs = {"quote": (quote_cases(corpus, ctx, many), ex.QUOTES),
-             "bracket": (bracket_cases(corpus, ctx, many), (ord(")"), ord("]")))}
-    return {name: task_from_positions(name, corpus.val, balanced(corpus.val, positions, cands, max_cases), ctx, cands)
-            for name, (positions, cands) in specs.items()}
+    specs = {"quote": (quote_cases(corpus, ctx), ex.QUOTES),
+             "bracket": (bracket_cases(corpus, ctx), (ord(")"), ord("]")))}
+    return {name: tuple(task_from_positions(name, corpus.val, balanced(corpus.val, part, candidates, max_cases // 2),
+                                            ctx, candidates)
+                        for part in split_by_file(corpus, positions))
+            for name, (positions, candidates) in specs.items()}

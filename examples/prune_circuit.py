@@ -9,7 +9,8 @@ tasks, and compare their sizes at the same target losses (Gao et al. 2025, secti
    matched pretraining loss, as far as the evaluation grid allows (both losses are reported).
 2. Tasks (``circuit_tasks.py``): ``quote`` (close a string with the quote that opened it) and
    ``bracket`` (close the innermost open bracket with ``)`` or ``]``), balanced, from held-out
-   files; even cases train the masks, odd ones bisect and report.
+   files: the cases of the even-numbered files train the masks, those of the odd-numbered ones
+   bisect and report (no file gives cases to both).
 3. For each model and task: node means from pretraining batches, masks learned once
    (``sparsekern.circuits.find_circuits``) for each penalty of ``--penalties``, then a bisection
    per target loss and penalty; the circuit with the fewest edges is kept. Targets: the
@@ -296,12 +297,61 @@ def densified(model: nn.Module) -> nn.Module:
     return copy_
 
 
+class LinearClock:
+    """Wall-time intervals inside a model's linear layers (``SparseLinear``, ``nn.Linear``) while
+    installed (a context manager): each call's forward, and its backward, from the gradient
+    reaching the layer's output to the gradient leaving it for its input (through a view of the
+    input that only this call reads). ``seconds()``: the union of the intervals, then cleared."""
+
+    def __init__(self, model: nn.Module):
+        self.layers = [m for m in model.modules() if isinstance(m, (sparsekern.SparseLinear, nn.Linear))]
+        self.intervals, self._calls, self._handles = [], [], []
+
+    def __enter__(self):
+        for m in self.layers:
+            self._handles += [m.register_forward_pre_hook(self._before), m.register_forward_hook(self._after)]
+        return self
+
+    def __exit__(self, *exc):
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        return False
+
+    def _before(self, module, inputs):
+        x, *rest = inputs
+        backward_start = []
+        if x.requires_grad:
+            x = x.view_as(x)
+            x.register_hook(lambda grad: self.intervals.extend(
+                (start, time.perf_counter()) for start in backward_start))
+        self._calls.append((backward_start, time.perf_counter()))
+        return (x, *rest)
+
+    def _after(self, module, inputs, output):
+        backward_start, start = self._calls.pop()
+        if output.requires_grad and inputs[0].requires_grad:
+            output.register_hook(lambda grad: backward_start.append(time.perf_counter()))
+        self.intervals.append((start, time.perf_counter()))
+
+    def seconds(self) -> float:
+        total, reached = 0.0, -math.inf
+        for start, end in sorted(self.intervals):
+            total += max(0.0, end - max(start, reached))
+            reached = max(reached, end)
+        self.intervals = []
+        return total
+
+
 def bench_pruning(sparse_model, means, task, rounds: int, batch: int = 64) -> dict:
     """Median seconds of a mask-training step (forward and input gradient, weights frozen) with
-    the sparse kernels and with the same model densified, interleaved step by step."""
+    the sparse kernels and with the same model densified, interleaved step by step; of the time
+    inside their linear layers (``LinearClock``) in the same steps, and of the rest."""
     models = {"sparse kernels": sparse_model, "dense with zeros": densified(sparse_model)}
     gen = torch.Generator().manual_seed(0)
     times = {k: [] for k in models}
+    linear_times = {k: [] for k in models}
+    clocks = {k: LinearClock(m) for k, m in models.items()}
     state = {}
     for name, model in models.items():
         masks = NodeMasks(model, means)
@@ -313,17 +363,25 @@ def bench_pruning(sparse_model, means, task, rounds: int, batch: int = 64) -> di
         index = torch.randint(0, len(task), (batch,), generator=gen)
         for name in (list(models) if r % 2 == 0 else list(models)[::-1]):
             masks, opt = state[name]
-            with frozen(models[name]), masks:
+            with frozen(models[name]), masks, clocks[name]:
                 t0 = time.perf_counter()
                 _mask_step(models[name], masks, task, index, opt)
                 took = time.perf_counter() - t0
+            linear = clocks[name].seconds()
             if r >= 2:  # two warm-up rounds
                 times[name].append(took)
+                linear_times[name].append(linear)
     med = {k: statistics.median(v) for k, v in times.items()}
+    med_linear = {k: statistics.median(v) for k, v in linear_times.items()}
+    med_rest = {k: statistics.median(t - lin for t, lin in zip(times[k], linear_times[k])) for k in models}
     formats = sorted({m.format for m in sparse_model.modules() if isinstance(m, sparsekern.SparseLinear)})
+    density = ex.actual_density(sparse_model)
     return {"median_step_s": med, "speedup": med["dense with zeros"] / med["sparse kernels"],
             "rounds": rounds, "batch": batch, "prompt_len": task.inputs.shape[1], "formats": formats,
-            "density": ex.actual_density(sparse_model), "max_abs_output_difference": diff}
+            "density": density, "max_abs_output_difference": diff,
+            "median_linear_s": med_linear,
+            "linear_speedup": med_linear["dense with zeros"] / med_linear["sparse kernels"],
+            "median_non_linear_s": med_rest, "inverse_density": 1 / density}
 
 
 def default_size_model(density: float, seed: int) -> nn.Module:
@@ -358,8 +416,7 @@ def run(args, log=print) -> dict:
     for m in models.values():
         m.eval()
     t_pruning = time.perf_counter()
-    all_tasks = circuit_tasks.build_tasks(corpus, args.task_ctx, args.cases)
-    tasks = {name: circuit_tasks.split_task(task) for name, task in all_tasks.items()}
+    tasks = circuit_tasks.build_tasks(corpus, args.task_ctx, args.cases)  # name -> (train, eval)
     batches = pretraining_batches(corpus, cfg, args.mean_batches, args.seed + 7)
     means = {m: node_means(models[m], circuit_tasks.gpt_sites(models[m]), batches) for m in MODELS}
     result = sweep(models, tasks, means, args, log)
@@ -371,7 +428,7 @@ def run(args, log=print) -> dict:
     sparse_circuits = [(c, key) for key, (c, _) in result["circuits"].items() if key[0] == "sparse"]
     smallest, key = min(sparse_circuits, key=lambda ck: (ck[0].n_edges, -ck[0].task_loss))
     picture = draw_circuit(models["sparse"], smallest, circuit_tasks.gpt_graph(models["sparse"],
-                                                                                all_tasks[key[1]].candidates),
+                                                                                tasks[key[1]][1].candidates),
                            out / "smallest_sparse_circuit.png",
                            f"smallest sparse circuit: task {key[1]!r}, target loss {smallest.target_loss:.3f}")
     t_bench = time.perf_counter()
@@ -386,7 +443,12 @@ def run(args, log=print) -> dict:
             log(f"speed ({name}, density {s['density']:.4f}, formats {s['formats']}): mask-training step "
                 f"{1e3 * s['median_step_s']['sparse kernels']:.1f} ms on the sparse kernels, "
                 f"{1e3 * s['median_step_s']['dense with zeros']:.1f} ms dense with zeros: {s['speedup']:.2f}x "
-                f"(median of {s['rounds']}, interleaved)")
+                f"(median of {s['rounds']}, interleaved); inside the linear layers "
+                f"{1e3 * s['median_linear_s']['sparse kernels']:.1f} ms against "
+                f"{1e3 * s['median_linear_s']['dense with zeros']:.1f} ms: {s['linear_speedup']:.2f}x "
+                f"(1/density {s['inverse_density']:.0f}); the rest "
+                f"{1e3 * s['median_non_linear_s']['sparse kernels']:.1f} ms and "
+                f"{1e3 * s['median_non_linear_s']['dense with zeros']:.1f} ms")
     ratios = [r["ratio"] for r in rows if math.isfinite(r["ratio"])]
     figures = {"machine": machine, "pretraining": pretraining, "model": cfg.model_config(),
                "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
@@ -430,7 +492,8 @@ def parse_args(argv=None):
     arg("--eval-batches", type=int, default=32)
     arg("--task-ctx", type=int, default=32, help="prompt bytes before the answer")
     arg("--cases", type=int, default=1600,
-        help="cases per task, at most half of either answer (half of them train the masks, half bisect)")
+        help="cases per task, at most: half from the files that train the masks, half from those that bisect, "
+             "each half balanced")
     arg("--mean-batches", type=int, default=32, help="pretraining batches for the node means")
     arg("--prune-steps", type=int, default=300)
     arg("--prune-lr", type=float, default=0.05)
@@ -456,8 +519,8 @@ def check_saved(args, paths, log=print) -> float:
         raise SystemExit(f"no models for these settings in {args.out}: run the script without --check first")
     models, _ = loaded
     corpus = ex.load_corpus(max_train_bytes=cfg.max_train_bytes, max_val_bytes=cfg.max_val_bytes)
-    tasks = {name: circuit_tasks.split_task(t)[1]
-             for name, t in circuit_tasks.build_tasks(corpus, args.task_ctx, args.cases).items()}
+    tasks = {name: evaluation for name, (_, evaluation) in
+             circuit_tasks.build_tasks(corpus, args.task_ctx, args.cases).items()}
     worst = 0.0
     for path in paths:
         circuit = Circuit.load(path)

@@ -246,8 +246,37 @@ def test_task_offsets_point_at_closers_and_their_openers():
                 (line2 + text[line2:].index(")"), line2 + text[line2:].index("(")),
                 (line2 + text[line2:].index("]"), line2 + text[line2:].index("["))]
     assert sorted(brackets) == sorted(expected)
-    quotes = tasks.quote_close_offsets(source)
+    quotes = tasks.load_example().quote_literal_offsets(source)
     assert quotes == [(text.index("b'") + 1, text.index("'b")), (text.index('")'), text.index('"c'))]
+
+
+def test_tasks_learn_and_report_on_disjoint_files():
+    tasks = load_tasks_module()
+    ex = tasks.load_example()
+    # Six files, each its own names; quotes of both kinds and brackets of both kinds in each.
+    sources = [(f"v{i} = f{i}(a{i}[{i}], 'q{i}', \"d{i}\")\nw{i} = [g{i}('{i}'), \"{i}\"]\n" * 2).encode()
+               for i in range(6)]
+    starts, val = [], b""
+    for src in sources:
+        starts.append(len(val))
+        val += src + bytes([ex.SEPARATOR])
+    corpus = ex.Corpus(torch.zeros(1, dtype=torch.uint8), torch.tensor(list(val), dtype=torch.uint8),
+                       [(f"f{i}.py", s) for i, s in enumerate(starts)])
+    positions = tasks.quote_cases(corpus, 16)
+    learn, report = tasks.split_by_file(corpus, positions)
+    file_of = torch.searchsorted(torch.tensor(starts), positions, right=True) - 1
+    assert learn.numel() and report.numel() and learn.numel() + report.numel() == positions.numel()
+    assert torch.equal(learn, positions[file_of % 2 == 0]) and torch.equal(report, positions[file_of % 2 == 1])
+    built = tasks.build_tasks(corpus, 16, 1000)
+    assert set(built) == {"quote", "bracket"}
+    for name, (train, evaluation) in built.items():
+        for task in (train, evaluation):
+            assert len(task) > 0 and task.labels.float().mean().item() == 0.5  # balanced
+        # Every prompt names its file (v3, f3, ...): no prompt of one half comes from a file of the other.
+        for task, parity in ((train, 0), (evaluation, 1)):
+            for row in task.inputs.tolist():
+                seen = {int(chr(b)) for b in row if chr(b) in "012345"}
+                assert seen and all(d % 2 == parity for d in seen), (name, bytes(row))
 
 
 # ---------------------------------------------------------------------------- the logit fit
@@ -412,3 +441,134 @@ def load_tasks_module():
         sys.modules[name] = module
         spec.loader.exec_module(module)
     return sys.modules[name]
+
+
+# ---------------------------------------------------------------------------- the learned masks' one-pass ablation
+from sparsekern.circuits.masks import MeanAblation, heaviside_sigmoid  # noqa: E402
+
+
+def formula_ablation(output, keep, mean):
+    """What the learned masks computed before ``MeanAblation``: the formula, by autograd."""
+    return output * keep + mean * (1 - keep)
+
+
+def bits(t):
+    return t.view({torch.float32: torch.int32, torch.bfloat16: torch.int16, torch.float64: torch.int64}[t.dtype])
+
+
+@pytest.mark.parametrize("shape", [(11,), (6, 11), (3, 5, 11)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_mean_ablation_is_the_formula_bitwise_with_its_gradients(gen, shape, dtype):
+    n = shape[-1]
+    output = torch.randn(shape, generator=gen).to(dtype)
+    mean = torch.randn(n, generator=gen).to(dtype)
+    score = torch.randn(n, generator=gen)
+    score[:4] = torch.tensor([1.0, -1.0, -0.5, 0.5])  # nodes 0 and 3 kept, 1 and 2 ablated
+    # Signed zeros: node 0 kept with output -0, node 1 ablated with mean -0; the formula gives +0
+    # for both, where torch.where(keep, output, mean) would give -0.
+    output.view(-1)[:2] = torch.tensor([-0.0, 1.0])
+    mean[:2] = torch.tensor([0.5, -0.0])
+    grad = torch.randn(shape, generator=gen).to(dtype)
+    results = []
+    for ablate in (formula_ablation, MeanAblation.apply):
+        out = output.clone().requires_grad_(True)
+        s = score.clone().requires_grad_(True)
+        y = ablate(out, heaviside_sigmoid(s, 0.7).to(dtype), mean)
+        y.backward(grad)
+        results.append((y.detach(), out.grad, s.grad))
+    (y0, dout0, ds0), (y1, dout1, ds1) = results
+    assert torch.equal(bits(y1), bits(y0))
+    torch.testing.assert_close(dout1, dout0, rtol=0, atol=0)
+    tol = {torch.float32: 1e-5, torch.bfloat16: 2e-2}[dtype]
+    torch.testing.assert_close(ds1, ds0, rtol=tol, atol=tol * float(grad.abs().sum()) / n)
+    assert bool((ds0 != 0).all())  # every node's score gets a gradient, kept or ablated
+
+
+@pytest.mark.parametrize("shape", [(7,), (4, 7), (2, 3, 7)])
+def test_mean_ablation_gradients_match_finite_differences(gen, shape):
+    n = shape[-1]
+    output = torch.randn(shape, generator=gen, dtype=torch.float64, requires_grad=True)
+    keep = (torch.arange(n) % 2).double().requires_grad_(True)  # the function is linear in keep: any value checks
+    mean = torch.randn(n, generator=gen, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(MeanAblation.apply, (output, keep, mean))
+
+
+def test_learned_masks_ablate_bitwise_as_the_formula_and_pass_the_same_surrogate_gradient(gen):
+    model = Toy()
+    means = node_means(model, SITES, pretraining_batches(gen))
+    x = toy_task(gen, n=64).inputs
+    masks = NodeMasks(model, means, temperature=0.5)
+    for s in masks.sites:
+        score = torch.randn(masks.widths[s], generator=gen)
+        score[:2] = torch.tensor([1.0, -1.0])  # some nodes kept, some ablated at every site
+        masks.scores[s] = score.requires_grad_(True)
+    with masks:
+        y = model(x)
+    y.square().sum().backward()
+    # The same model with the formula's hooks by hand, on copies of the scores.
+    scores = {s: masks.scores[s].detach().clone().requires_grad_(True) for s in masks.sites}
+    handles = [model.get_submodule(s).register_forward_hook(
+        lambda module, inputs, output, s=s: formula_ablation(output, heaviside_sigmoid(scores[s], 0.5), means[s]))
+        for s in masks.sites]
+    try:
+        expected = model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    expected.square().sum().backward()
+    assert torch.equal(y, expected)
+    for s in masks.sites:
+        torch.testing.assert_close(masks.scores[s].grad, scores[s].grad, rtol=1e-5, atol=1e-4)
+        assert bool((masks.scores[s].grad != 0).any())
+
+
+# ---------------------------------------------------------------------------- the speed benchmark's clock
+def load_prune_module():
+    load_tasks_module()  # prune_circuit imports it by name
+    name = "prune_circuit"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, ROOT / "examples" / "prune_circuit.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+def test_linear_clock_counts_the_linear_layers_forward_and_backward_only(monkeypatch):
+    """On a fake clock that only the layers and a pause between them move: a linear call costs 1
+    forward and 10 backward, the pause 100 forward and 1000 backward; the clock sees 2 * 11."""
+    pc = load_prune_module()
+    now = [0.0]
+    monkeypatch.setattr(pc.time, "perf_counter", lambda: now[0])
+
+    class Advance(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, forward, backward):
+            now[0] += forward
+            ctx.backward = backward
+            return x.view_as(x)
+
+        @staticmethod
+        def backward(ctx, grad):
+            now[0] += ctx.backward
+            return grad, None, None
+
+    class SlowLinear(nn.Linear):
+        def forward(self, x):
+            return Advance.apply(super().forward(Advance.apply(x, 0.5, 5.0)), 0.5, 5.0)
+
+    class Pause(nn.Module):
+        def forward(self, x):
+            return Advance.apply(x, 100.0, 1000.0)
+
+    model = nn.Sequential(SlowLinear(3, 4), Pause(), SlowLinear(4, 2))
+    for p in model.parameters():
+        p.requires_grad_(False)
+    clock = pc.LinearClock(model)
+    x = torch.randn(5, 3, requires_grad=True)
+    with clock:
+        model(x).sum().backward()
+    assert len(clock.intervals) == 4  # a forward and a backward per call
+    assert clock.seconds() == 22.0 and now[0] == 1122.0
+    clock.intervals = [(0.0, 2.0), (1.0, 3.0), (1.5, 2.5), (5.0, 6.0)]  # overlapping ones count once
+    assert clock.seconds() == 4.0 and clock.intervals == []

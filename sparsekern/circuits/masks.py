@@ -33,6 +33,38 @@ def heaviside_sigmoid(score: torch.Tensor, temperature: float = 1.0) -> torch.Te
     return HeavisideSigmoid.apply(score, temperature)
 
 
+def _sum_leading(t: torch.Tensor) -> torch.Tensor:
+    """``t`` summed over every dimension but the last (``sum(())`` would sum over all of them)."""
+    return t.sum(tuple(range(t.dim() - 1))) if t.dim() > 1 else t
+
+
+class MeanAblation(torch.autograd.Function):
+    """``output * keep + mean * (1 - keep)`` for a ``keep`` of exactly 0s and 1s (the step), in
+    one pass over ``output`` forward.
+
+    ``output``: ``[..., n]``; ``keep`` and ``mean``: ``[n]``, the same dtype as ``output``.
+    Bitwise what the formula gives: ``output * keep`` and ``mean * (1 - keep)`` are exact for
+    such a ``keep``, and the one rounding left is the same sum. Gradients as autograd computes
+    them for the formula: ``grad * keep`` to ``output``; to ``keep`` and to ``mean``, sums over
+    every leading dimension of ``grad * output - grad * mean`` and of ``grad * (1 - keep)``.
+    """
+
+    @staticmethod
+    def forward(ctx, output, keep, mean):
+        ctx.save_for_backward(output, keep, mean)
+        return torch.addcmul(mean * (1 - keep), output, keep)
+
+    @staticmethod
+    def backward(ctx, grad):
+        output, keep, mean = ctx.saved_tensors
+        need_output, need_keep, need_mean = ctx.needs_input_grad
+        grad_output = grad * keep if need_output else None
+        grad_sum = _sum_leading(grad) if need_keep or need_mean else None
+        grad_keep = _sum_leading(grad * output) - mean * grad_sum if need_keep else None
+        grad_mean = grad_sum * (1 - keep) if need_mean else None
+        return grad_output, grad_keep, grad_mean
+
+
 def resolve_sites(model: nn.Module, sites, *, argument: str = "sites") -> dict:
     """The modules named by ``sites`` (an iterable of module names), in order; a ``ValueError``
     naming ``argument`` for an empty list, a repeated name or a name the model does not have."""
@@ -144,7 +176,9 @@ class NodeMasks:
             if keep.dtype == torch.bool:
                 return torch.where(keep, output, mean)
             keep = keep.to(output.dtype)
-            return output * keep + mean * (1 - keep)
+            if self.fixed is None:  # learned: keep is the step, exactly 0 or 1
+                return MeanAblation.apply(output, keep, mean)
+            return output * keep + mean * (1 - keep)  # any float keep (finite differences)
         return hook
 
     def __enter__(self):
