@@ -81,24 +81,12 @@ def gpt_graph(model, candidates) -> CircuitGraph:
 
 
 # ---------------------------------------------------------------------------- tasks
-def _line_offsets(text: str) -> tuple:
-    lines = io.StringIO(text, newline="").readlines()
-    starts, pos = [], 0
-    for line in lines:
-        starts.append(pos)
-        pos += len(line.encode("utf-8"))
-    return lines, starts
-
-
-def bracket_close_offsets(source: bytes, ctx: int) -> list:
+def bracket_close_offsets(source: bytes) -> list:
     """``(offset of the closer, offset of its opener)`` of every ``)`` or ``]`` that closes a
     ``(`` or ``[`` in ``source`` (by the tokenizer: brackets in strings and comments do not count)."""
     text = source.decode("utf-8")
-    lines, starts = _line_offsets(text)
+    offset = load_example().byte_offsets(text)
     pairs, stack = [], []
-
-    def offset(row, col):
-        return starts[row - 1] + len(lines[row - 1][:col].encode("utf-8"))
 
     try:
         for tok in tokenize.generate_tokens(io.StringIO(text, newline="").readline):
@@ -116,6 +104,8 @@ def bracket_close_offsets(source: bytes, ctx: int) -> list:
 
 
 def _spread(positions: list, max_cases: int) -> list:
+    if max_cases <= 0:
+        return []
     if len(positions) > max_cases:
         step = len(positions) / max_cases
         positions = [positions[int(i * step)] for i in range(max_cases)]
@@ -123,13 +113,8 @@ def _spread(positions: list, max_cases: int) -> list:
 
 
 def bracket_cases(corpus, ctx: int) -> torch.Tensor:
-    """Positions in ``corpus.val`` of the ``)``/``]`` closers whose opener lies within the ``ctx``
-    bytes before them (the prompt shows it), within the same file."""
-    positions = []
-    for start, source in load_example().heldout_sources(corpus):
-        positions.extend(start + close for close, opener in bracket_close_offsets(source, ctx)
-                         if close - opener <= ctx and close >= ctx)
-    return torch.tensor(positions, dtype=torch.long)
+    """Positions in ``corpus.val`` of the ``)``/``]`` closers whose opener is in the prompt."""
+    return torch.tensor(load_example().visible_closer_cases(corpus, ctx, bracket_close_offsets), dtype=torch.long)
 
 
 def quote_cases(corpus, ctx: int) -> torch.Tensor:
@@ -158,12 +143,17 @@ def split_by_file(corpus, positions: torch.Tensor) -> tuple:
     return positions[even], positions[~even]
 
 
-def balanced(val: torch.Tensor, positions: torch.Tensor, candidates, max_cases: int) -> torch.Tensor:
+def balanced(name: str, val: torch.Tensor, positions: torch.Tensor, candidates, max_cases: int) -> torch.Tensor:
     """As many positions answered by either candidate (at most ``max_cases // 2`` each, as many as
-    the rarer one has), evenly spread over the files, in corpus order: the tasks are balanced,
-    so a model that knows nothing scores ln 2."""
+    the rarer one has), evenly spread over the cases in corpus order: the tasks are balanced,
+    so a model that knows nothing scores ln 2. A ``ValueError`` naming task ``name`` when that
+    leaves no case."""
     of_class = [positions[val[positions] == c].tolist() for c in candidates]
     per_class = min(max_cases // 2, *map(len, of_class))
+    if per_class < 1:
+        raise ValueError(f"task {name}: no balanced cases (max_cases {max_cases}; cases per answer "
+                         f"{ {chr(c): len(p) for c, p in zip(candidates, of_class)} }): more held-out source "
+                         f"or a larger max_cases")
     chosen = []
     for cases in of_class:
         chosen += _spread(cases, per_class)
@@ -178,7 +168,7 @@ def build_tasks(corpus, ctx: int, max_cases: int) -> dict:
     ex = load_example()
     specs = {"quote": (quote_cases(corpus, ctx), ex.QUOTES),
              "bracket": (bracket_cases(corpus, ctx), (ord(")"), ord("]")))}
-    return {name: tuple(task_from_positions(name, corpus.val, balanced(corpus.val, part, candidates, max_cases // 2),
-                                            ctx, candidates)
-                        for part in split_by_file(corpus, positions))
+    return {name: tuple(task_from_positions(name, corpus.val, balanced(f"{name} ({half})", corpus.val, part,
+                                                                       candidates, max_cases // 2), ctx, candidates)
+                        for half, part in zip(("mask training", "evaluation"), split_by_file(corpus, positions)))
             for name, (positions, candidates) in specs.items()}

@@ -23,10 +23,11 @@ tasks, and compare their sizes at the same target losses (Gao et al. 2025, secti
    matplotlib).
 5. Speed: mask-training steps on the sparse model with its ``SparseLinear`` layers (the sparse
    kernels) against the same model with every layer ``to_dense()`` (``nn.Linear``, the zeros
-   computed), interleaved, median; also at the example's default size (untrained weights
-   projected to its density).
+   computed), interleaved, median, with the time inside the linear layers apart
+   (``LinearClock``); also at the example's default size (untrained weights projected to its
+   density).
 
-    python examples/prune_circuit.py    # 51 minutes on 2 shared cores the first time (training); 17 once saved
+    python examples/prune_circuit.py    # 51 minutes on 2 shared cores the first time (training); 10 once saved
     python examples/prune_circuit.py --check examples/out/circuits/circuit_sparse_quote_0.json   # re-run one
     python examples/prune_circuit.py --help
 """

@@ -696,21 +696,28 @@ def evaluate_loss(model: nn.Module, corpus: Corpus, cfg: Config) -> float:
 _STRING_PREFIXES = {"", "r", "u", "b", "br", "rb"}  # no f-strings: Python 3.12 tokenizes them apart
 
 
-def quote_literal_offsets(source: bytes) -> list[tuple[int, int]]:
-    """``(closing quote, opening quote)`` byte offsets of every one-line ``'...'`` / ``"..."`` literal.
-
-    Triple-quoted strings, f-strings and strings continued over lines are left out.
-    """
-    text = source.decode("utf-8")
+def byte_offsets(text: str):
+    """``offset(row, col)``: the byte offset in ``text`` as UTF-8 of tokenize's position (row
+    from 1, column in characters)."""
     lines = io.StringIO(text, newline="").readlines()  # the lines tokenize numbers
     line_starts, pos = [], 0
     for line in lines:
         line_starts.append(pos)
         pos += len(line.encode("utf-8"))
 
-    def offset(row, col):  # tokenize's (1-based row, character column) as a byte offset
+    def offset(row, col):
         return line_starts[row - 1] + len(lines[row - 1][:col].encode("utf-8"))
 
+    return offset
+
+
+def quote_literal_offsets(source: bytes) -> list[tuple[int, int]]:
+    """``(closing quote, opening quote)`` byte offsets of every one-line ``'...'`` / ``"..."`` literal.
+
+    Triple-quoted strings, f-strings and strings continued over lines are left out.
+    """
+    text = source.decode("utf-8")
+    offset = byte_offsets(text)
     pairs = []
     try:
         for tok in tokenize.generate_tokens(io.StringIO(text, newline="").readline):
@@ -736,18 +743,25 @@ def heldout_sources(corpus: Corpus):
         yield start, bytes(corpus.val[start:end - 1].tolist())  # without the separator
 
 
+def visible_closer_cases(corpus: Corpus, ctx: int, pairs_of) -> list[int]:
+    """Positions in ``corpus.val`` of the closers that ``pairs_of(source)`` lists, as ``(closer,
+    opener)`` offsets in each held-out file, whose opener lies within the ``ctx`` bytes before
+    them, within the same file: the prompt (those ``ctx`` bytes) shows the opener."""
+    positions = []
+    for start, source in heldout_sources(corpus):
+        positions.extend(start + close for close, opener in pairs_of(source) if close - opener <= ctx and close >= ctx)
+    return positions
+
+
 def quote_cases(corpus: Corpus, ctx: int, max_cases: int) -> torch.Tensor:
     """Positions in ``corpus.val`` of closing quotes whose opening quote lies in the ``ctx``
-    bytes before them, within the same file.
+    bytes before them, within the same file (``visible_closer_cases``).
 
     The model sees the ``ctx`` bytes up to the closing quote and must prefer the quote
     that opened the literal; a literal longer than the context would hide the answer, so it
     is left out. At most ``max_cases``, evenly spread over all literals found.
     """
-    positions = []
-    for start, source in heldout_sources(corpus):
-        positions.extend(start + close for close, opener in quote_literal_offsets(source)
-                         if close - opener <= ctx and close >= ctx)
+    positions = visible_closer_cases(corpus, ctx, quote_literal_offsets)
     if len(positions) > max_cases:
         step = len(positions) / max_cases
         positions = [positions[int(i * step)] for i in range(max_cases)]

@@ -239,7 +239,7 @@ def test_task_offsets_point_at_closers_and_their_openers():
     tasks = load_tasks_module()
     text = "x = f(a[1], 'b', \"c(\")  # ( ]\ny = [(2)]\n"
     source = text.encode()
-    brackets = tasks.bracket_close_offsets(source, 32)
+    brackets = tasks.bracket_close_offsets(source)
     # By hand: ] of a[1], ) of f(...), then ) and ] of the second line; none in strings or comments.
     line2 = text.index("\n") + 1
     expected = [(text.index("]"), text.index("[")), (text.index(")  #"), text.index("(")),
@@ -461,7 +461,9 @@ def bits(t):
 def test_mean_ablation_is_the_formula_bitwise_with_its_gradients(gen, shape, dtype):
     n = shape[-1]
     output = torch.randn(shape, generator=gen).to(dtype)
-    mean = torch.randn(n, generator=gen).to(dtype)
+    # Means away from every output: a node whose output equals its mean has a zero score
+    # gradient (in bf16 that happened in about 1% of draws), and the last check needs none.
+    mean = (torch.randn(n, generator=gen) + 8).to(dtype)
     score = torch.randn(n, generator=gen)
     score[:4] = torch.tensor([1.0, -1.0, -0.5, 0.5])  # nodes 0 and 3 kept, 1 and 2 ablated
     # Signed zeros: node 0 kept with output -0, node 1 ablated with mean -0; the formula gives +0

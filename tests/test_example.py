@@ -283,6 +283,24 @@ def test_quote_cases_show_the_opening_quote(example, tiny_run):
         assert int(val[pos]) in val[pos - ctx:pos].tolist()
 
 
+def test_quote_cases_at_the_prompt_edges(example):
+    ctx = 8
+    files = [b"'abcdef'\n"            # closer at offset 7: its prompt would start before the file
+             b"x = 'abcdefg'\n"       # closer - opener == ctx: the opener is the prompt's first byte
+             b"y = 'abcdefgh'\n",     # closer - opener == ctx + 1: the opener is outside
+             b"(\n'abcdef')\n"]        # closer at offset ctx + 1 of the second file
+    val, starts = b"", []
+    for src in files:
+        starts.append(len(val))
+        val += src + bytes([example.SEPARATOR])
+    corpus = example.Corpus(torch.zeros(1, dtype=torch.uint8), torch.tensor(list(val), dtype=torch.uint8),
+                            [(f"f{i}.py", s) for i, s in enumerate(starts)])
+    expected = [files[0].index(b"g'") + 1, starts[1] + files[1].index(b"f'") + 1]
+    assert example.quote_cases(corpus, ctx, 100).tolist() == expected
+    # One byte more of context shows the longer literal's opener too.
+    assert len(example.quote_cases(corpus, ctx + 1, 100)) == 3
+
+
 def test_heldout_split_is_by_file_and_deterministic(example, tiny_run):
     _, result = tiny_run
     corpus = result.corpus

@@ -91,7 +91,8 @@ class ElementLayout:
         ``[out, in]`` mask, for callers that hold the entries already (the sharded projection)."""
         shape = _check_shape(tuple(shape), "shape")
         for name, t in (("rows", rows), ("cols", cols)):
-            if not isinstance(t, torch.Tensor) or t.dim() != 1 or t.dtype.is_floating_point or t.dtype == torch.bool:
+            if not isinstance(t, torch.Tensor) or t.dim() != 1 or t.dtype.is_floating_point or t.dtype.is_complex \
+                    or t.dtype == torch.bool:
                 raise TypeError(f"{name} must be a 1-D integer tensor, got "
                                 f"{getattr(t, 'dtype', type(t).__name__)} of shape {tuple(getattr(t, 'shape', ()))}")
         if rows.numel() != cols.numel() or rows.device != cols.device:
