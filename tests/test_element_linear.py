@@ -109,9 +109,9 @@ def test_every_cpu_isa(isa):
 
 
 @pytest.mark.skipif("cpu" not in COMPILED, reason="the compiled extension is not built")
-@pytest.mark.parametrize("min_nv", ["1", "8"])
-def test_every_tile_width_and_chunking(min_nv):
-    # The kernels' own choice of tile width depends on the density; SPARSEKERN_ESMM_MIN_NV (read
+@pytest.mark.parametrize("vectors", ["1", "8"])
+def test_every_tile_width_and_chunking(vectors):
+    # The kernels' own choice of tile width depends on the density; SPARSEKERN_ESMM_NV (read
     # once per process) forces the narrowest tiles (no chunks) or the widest (the most chunks),
     # in both work splits: shared tiles (few rows of M) and tiles dealt to threads (many).
     import os
@@ -128,7 +128,7 @@ for shape, M, density in (((70, 3000), 5, 0.02), ((70, 3000), 600, 0.02), ((2500
 print("checked")
 """
     here = os.path.dirname(os.path.abspath(__file__))
-    env = dict(os.environ, SPARSEKERN_ESMM_MIN_NV=min_nv, PYTHONPATH=here + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = dict(os.environ, SPARSEKERN_ESMM_NV=vectors, PYTHONPATH=here + os.pathsep + os.environ.get("PYTHONPATH", ""))
     out = subprocess.run([sys.executable, "-c", script], env=env, cwd=here, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and "checked" in out.stdout, out.stderr[-3000:]
 

@@ -14,7 +14,7 @@
   namespace sparsekern {                                                                                   \
   namespace cpu {                                                                                          \
   namespace ns {                                                                                           \
-  void element_plan(int64_t width, int64_t tile_bytes, int min_nv, int64_t* mt, int64_t* chunk);          \
+  void element_plan(int64_t width, int64_t tile_bytes, int min_nv, int max_nv, int64_t* mt, int64_t* chunk); \
   void element_dense_sparse(const ElementDenseSparse& p, ParallelFor parallel_for, const ElementPlan& plan, \
                             const float* vals);                                                            \
   void element_sampled(const ElementSampled& p, ParallelFor parallel_for, int64_t mt, float* xt,          \
@@ -49,12 +49,13 @@ int64_t tile_bytes() {
   return bytes;
 }
 
-void plan_tiles(Isa isa, int64_t width, int min_nv, int64_t* mt, int64_t* chunk, int64_t bytes = tile_bytes()) {
+void plan_tiles(Isa isa, int64_t width, int min_nv, int max_nv, int64_t* mt, int64_t* chunk,
+                int64_t bytes = tile_bytes()) {
   switch (isa) {
     case Isa::kAmx:
-    case Isa::kAvx512: return avx512::element_plan(width, bytes, min_nv, mt, chunk);
-    case Isa::kAvx2: return avx2::element_plan(width, bytes, min_nv, mt, chunk);
-    default: return portable::element_plan(width, bytes, min_nv, mt, chunk);
+    case Isa::kAvx512: return avx512::element_plan(width, bytes, min_nv, max_nv, mt, chunk);
+    case Isa::kAvx2: return avx2::element_plan(width, bytes, min_nv, max_nv, mt, chunk);
+    default: return portable::element_plan(width, bytes, min_nv, max_nv, mt, chunk);
   }
 }
 
@@ -95,34 +96,45 @@ void pack_task(void* ctx, int64_t begin, int64_t end) {
   }
 }
 
-// SPARSEKERN_ESMM_MIN_NV (1, 2, 4 or 8; for tests and tuning): the least vectors of M per tile
-// before the reduction is split into chunks, instead of the choice below; 0 when unset.
-int forced_min_vectors() {
+// SPARSEKERN_ESMM_NV (1, 2, 4 or 8; for tests and tuning): the tile width in vectors of M,
+// the reduction split into as many chunks as that width needs, instead of the choice below; 0
+// when unset.
+int forced_vectors() {
   static const int v = [] {
-    const char* env = std::getenv("SPARSEKERN_ESMM_MIN_NV");
+    const char* env = std::getenv("SPARSEKERN_ESMM_NV");
     const int n = env ? std::atoi(env) : 0;
     return n == 1 || n == 2 || n == 4 || n == 8 ? n : 0;
   }();
   return v;
 }
 
-// Wider tiles of M (more vectors per nonzero) need more chunks of the reduction to stay in L2,
-// and each chunk costs a row its running sums' load and store: the widest tiles whose chunks
-// still hold about 48 nonzeros a row, at least 2 vectors (1 was never faster). Measured on a
-// 2-core EPYC (AVX2, 512 KiB L2) at x[2048, 2048] @ W[8192, 2048].T: 4 vectors won at density
-// 1/16 (64 nonzeros a row and chunk), 2 at 1/64 and below (16).
+// Vectors of the active kernels that make `rows` rows of M (at least one).
+int vectors_of(Isa isa, int64_t rows) {
+  int64_t lanes, chunk;
+  plan_tiles(isa, 1, 1, 1, &lanes, &chunk);  // a one-vector tile: mt = the lanes of a vector
+  return rows > lanes ? static_cast<int>(rows / lanes) : 1;
+}
+
+// Tiles of 32 rows of M (4 AVX2 vectors, 2 AVX-512 ones), unless the reduction must be split
+// for them to stay in L2 and the chunks would hold fewer than about 48 nonzeros a row (each
+// chunk costs a row its running sums' load and store): then 16 rows. Measured at x[2048, 2048]
+// @ W[8192, 2048].T, densities 1/16 to 1/256, interleaved: on a 2-core EPYC (AVX2, 512 KiB L2)
+// 32 rows in 2 chunks won at 1/16, 16 rows unchunked below; on a 2-core Xeon (2 MiB L2) 32 rows
+// unchunked won or tied at every density with AVX2 and with AVX-512, where 64 and 128 rows (the
+// widest tile that fits, the choice before) were up to 1.7x slower.
 void choose_tiles(Isa isa, const ElementDenseSparse& p, int64_t* mt, int64_t* chunk) {
-  if (const int forced = forced_min_vectors()) return plan_tiles(isa, p.w.cols, forced, mt, chunk);
+  if (const int forced = forced_vectors()) return plan_tiles(isa, p.w.cols, forced, forced, mt, chunk);
   // The weight gradient with a sparse operand (a_transposed) walks hundreds of nonzeros per
   // column, so chunks stay long at the widest tile; half the usual tile leaves L2 room for the
   // running sums of its thousands of columns. Measured on the EPYC at 2048 tokens, 1/4 of x
   // nonzero, [2048 -> 8192]: 1.4x dense's rate against 1.2x with the forward pass's choice.
-  if (p.a_transposed) return plan_tiles(isa, p.w.cols, 8, mt, chunk, tile_bytes() / 2);
-  for (int min_nv : {8, 4, 2}) {
-    plan_tiles(isa, p.w.cols, min_nv, mt, chunk);
-    const int64_t chunks = (p.w.cols + *chunk - 1) / *chunk;
-    if (min_nv == 2 || p.nnz >= 48 * p.w.rows * chunks) return;
-  }
+  if (p.a_transposed) return plan_tiles(isa, p.w.cols, 8, 8, mt, chunk, tile_bytes() / 2);
+  const int wide = vectors_of(isa, 32);
+  plan_tiles(isa, p.w.cols, wide, wide, mt, chunk);
+  const int64_t chunks = (p.w.cols + *chunk - 1) / *chunk;
+  if (chunks == 1 || p.nnz >= 48 * p.w.rows * chunks) return;
+  const int narrow = vectors_of(isa, 16);
+  plan_tiles(isa, p.w.cols, narrow, narrow, mt, chunk);
 }
 
 }  // namespace
@@ -162,7 +174,7 @@ bool esmm_dense_sparse(const ElementDenseSparse& p, ParallelFor parallel_for) {
 bool esmm_sampled(const ElementSampled& p, ParallelFor parallel_for) {
   const Isa isa = active_isa();
   int64_t mt, chunk;
-  plan_tiles(isa, p.k, 1, &mt, &chunk);  // the widest tile that fits unchunked (dW splits no reduction)
+  plan_tiles(isa, p.k, 1, 8, &mt, &chunk);  // the widest tile that fits unchunked (dW splits no reduction)
   thread_local KeptScratch kept;
   float* const xt = kept.at_least(p.k * mt + p.n * mt + p.nnz);
   if (xt == nullptr) return false;

@@ -18,9 +18,9 @@ namespace cpu {
 namespace SK_KERNELS_NS {
 
 // The tile of M and the chunk of the reduction for a dense operand `width` columns wide: NV
-// (at most 8, at least min_nv) vectors of M, as many as keep a transposed tile within
-// tile_bytes; a chunk of the width that keeps it there at that NV (the whole width if it fits).
-void element_plan(int64_t width, int64_t tile_bytes, int min_nv, int64_t* mt, int64_t* chunk);
+// (in [min_nv, max_nv], powers of 2 up to 8) vectors of M, as many as keep a transposed tile
+// within tile_bytes; a chunk of the width that keeps it there at that NV (the whole width if it fits).
+void element_plan(int64_t width, int64_t tile_bytes, int min_nv, int max_nv, int64_t* mt, int64_t* chunk);
 // y = a @ w.T over the tiles of M as `plan` says; vals[j] is the weight's value of nonzero j.
 void element_dense_sparse(const ElementDenseSparse& p, ParallelFor parallel_for, const ElementPlan& plan,
                           const float* vals);
@@ -31,10 +31,10 @@ void element_sampled(const ElementSampled& p, ParallelFor parallel_for, int64_t 
 
 namespace {
 
-// Vectors of M per tile: at most 8, at least min_nv, as many as keep a transposed tile of
+// Vectors of M per tile: at most max_nv, at least min_nv, as many as keep a transposed tile of
 // `width` columns within tile_bytes.
-inline int tile_vectors(int64_t width, int64_t tile_bytes, int min_nv) {
-  int nv = 8;
+inline int tile_vectors(int64_t width, int64_t tile_bytes, int min_nv, int max_nv) {
+  int nv = max_nv;
   while (nv > min_nv && width * nv * VL * static_cast<int64_t>(sizeof(float)) > tile_bytes) nv /= 2;
   return nv;
 }
@@ -308,8 +308,8 @@ void sampled_tiles(const ElementSampled& p, ParallelFor parallel_for, float* xt,
 
 }  // namespace
 
-void element_plan(int64_t width, int64_t tile_bytes, int min_nv, int64_t* mt, int64_t* chunk) {
-  const int nv = tile_vectors(width, tile_bytes, min_nv);
+void element_plan(int64_t width, int64_t tile_bytes, int min_nv, int max_nv, int64_t* mt, int64_t* chunk) {
+  const int nv = tile_vectors(width, tile_bytes, min_nv, max_nv);
   const int64_t fits = tile_bytes / (nv * VL * static_cast<int64_t>(sizeof(float))) / VL * VL;
   *mt = static_cast<int64_t>(nv) * VL;
   *chunk = fits >= width ? (width > 0 ? width : 1) : (fits > VL ? fits : VL);  // one chunk even of nothing
