@@ -109,10 +109,10 @@ def test_every_cpu_isa(isa):
 
 
 @pytest.mark.skipif("cpu" not in COMPILED, reason="the compiled extension is not built")
-@pytest.mark.parametrize("vectors", ["1", "8"])
+@pytest.mark.parametrize("vectors", ["1", "2", "4", "8"])
 def test_every_tile_width_and_chunking(vectors):
     # The kernels' own choice of tile width depends on the density; SPARSEKERN_ESMM_NV (read
-    # once per process) forces the narrowest tiles (no chunks) or the widest (the most chunks),
+    # once per process) forces each width, from the narrowest (no chunks) to the widest (the most chunks),
     # in both work splits: shared tiles (few rows of M) and tiles dealt to threads (many).
     import os
     import subprocess
