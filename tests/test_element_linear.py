@@ -109,11 +109,14 @@ def test_every_cpu_isa(isa):
 
 
 @pytest.mark.skipif("cpu" not in COMPILED, reason="the compiled extension is not built")
+@pytest.mark.parametrize("tile_kb", ["", "16"])
 @pytest.mark.parametrize("vectors", ["1", "2", "4", "8"])
-def test_every_tile_width_and_chunking(vectors):
+def test_every_tile_width_and_chunking(vectors, tile_kb):
     # The kernels' own choice of tile width depends on the density; SPARSEKERN_ESMM_NV (read
-    # once per process) forces each width, from the narrowest (no chunks) to the widest (the most chunks),
-    # in both work splits: shared tiles (few rows of M) and tiles dealt to threads (many).
+    # once per process) forces each width of the dense x sparse products, in both work splits:
+    # shared tiles (few rows of M) and tiles dealt to threads (many). With the machine's own tile
+    # budget (a quarter of L2) the widths may run unchunked; SPARSEKERN_ESMM_TILE_KB=16 splits
+    # the reduction into chunks at every width (3000 columns).
     import os
     import subprocess
     import sys
@@ -129,6 +132,9 @@ print("checked")
 """
     here = os.path.dirname(os.path.abspath(__file__))
     env = dict(os.environ, SPARSEKERN_ESMM_NV=vectors, PYTHONPATH=here + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env.pop("SPARSEKERN_ESMM_TILE_KB", None)
+    if tile_kb:
+        env["SPARSEKERN_ESMM_TILE_KB"] = tile_kb
     out = subprocess.run([sys.executable, "-c", script], env=env, cwd=here, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and "checked" in out.stdout, out.stderr[-3000:]
 

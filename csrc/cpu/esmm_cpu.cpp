@@ -96,9 +96,9 @@ void pack_task(void* ctx, int64_t begin, int64_t end) {
   }
 }
 
-// SPARSEKERN_ESMM_NV (1, 2, 4 or 8; for tests and tuning): the tile width in vectors of M,
-// the reduction split into as many chunks as that width needs, instead of the choice below; 0
-// when unset.
+// SPARSEKERN_ESMM_NV (1, 2, 4 or 8; for tests and tuning): the dense x sparse products' tile
+// width in vectors of M, the reduction split into as many chunks as that width needs, instead of
+// the choice below; 0 when unset.
 int forced_vectors() {
   static const int v = [] {
     const char* env = std::getenv("SPARSEKERN_ESMM_NV");
