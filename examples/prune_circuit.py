@@ -320,6 +320,9 @@ class LinearClock:
         return False
 
     def _before(self, module, inputs):
+        if not inputs or not isinstance(inputs[0], torch.Tensor):
+            raise TypeError(f"LinearClock: a {type(module).__name__} was called without its input as the first "
+                            "positional argument (the clock times the gradient through it); pass it positionally")
         x, *rest = inputs
         backward_start = []
         if x.requires_grad:

@@ -17,6 +17,7 @@ import sparsekern
 from sparsekern.circuits import (BinaryTask, Circuit, CircuitGraph, MatrixEdges, NodeMasks, PruneConfig,
                                  binary_loss, bisect_nodes, count_edges, evaluate_circuit, find_circuits,
                                  fit_logit_affine, learn_masks, node_means, task_loss)
+from sparsekern.circuits.masks import MeanAblation, heaviside_sigmoid
 
 ROOT = Path(__file__).resolve().parents[1]
 VOCAB, CANDIDATES = 16, (14, 15)
@@ -433,18 +434,21 @@ def test_a_mask_whose_width_does_not_match_its_site_is_named(trained, gen):
         find_circuits(model, means, toy_task(gen), bad, [5.0])
 
 
-def load_tasks_module():
-    name = "circuit_tasks"
+def load_examples_module(name: str):
+    """``examples/<name>.py``, imported once under its own name (the examples import each other so)."""
     if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, ROOT / "examples" / "circuit_tasks.py")
+        spec = importlib.util.spec_from_file_location(name, ROOT / "examples" / f"{name}.py")
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module
         spec.loader.exec_module(module)
     return sys.modules[name]
 
 
+def load_tasks_module():
+    return load_examples_module("circuit_tasks")
+
+
 # ---------------------------------------------------------------------------- the learned masks' one-pass ablation
-from sparsekern.circuits.masks import MeanAblation, heaviside_sigmoid  # noqa: E402
 
 
 def formula_ablation(output, keep, mean):
@@ -527,13 +531,7 @@ def test_learned_masks_ablate_bitwise_as_the_formula_and_pass_the_same_surrogate
 # ---------------------------------------------------------------------------- the speed benchmark's clock
 def load_prune_module():
     load_tasks_module()  # prune_circuit imports it by name
-    name = "prune_circuit"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, ROOT / "examples" / "prune_circuit.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
+    return load_examples_module("prune_circuit")
 
 
 def test_linear_clock_counts_the_linear_layers_forward_and_backward_only(monkeypatch):
@@ -574,3 +572,11 @@ def test_linear_clock_counts_the_linear_layers_forward_and_backward_only(monkeyp
     assert clock.seconds() == 22.0 and now[0] == 1122.0
     clock.intervals = [(0.0, 2.0), (1.0, 3.0), (1.5, 2.5), (5.0, 6.0)]  # overlapping ones count once
     assert clock.seconds() == 4.0 and clock.intervals == []
+
+
+def test_linear_clock_names_a_layer_called_with_its_input_by_keyword():
+    pc = load_prune_module()
+    layer = nn.Linear(3, 2)
+    with pc.LinearClock(layer), pytest.raises(TypeError, match="Linear was called without its input as the first"):
+        layer(input=torch.randn(4, 3))
+    assert layer(torch.randn(4, 3)).shape == (4, 2)  # the hooks are gone after the error
