@@ -508,28 +508,21 @@ std::tuple<int64_t, bool> operand_stats_cpu(const Tensor& t) {
 }
 
 Tensor esmm_sparse_operand_grad_weight_cpu(const Tensor& grad_out, const Tensor& x, bool sparse_input,
-                                           const std::optional<Tensor>& out) {
+                                           const std::optional<Tensor>& out, int64_t chunk_rows, int64_t s_block) {
   check_dense_operand(grad_out, "grad_out");
   check_dense_operand(x, "x");
   TORCH_CHECK_VALUE(grad_out.size(0) == x.size(0), "grad_out and x must have the same rows, got ", grad_out.size(0),
                     " and ", x.size(0));
+  TORCH_CHECK_VALUE(chunk_rows >= 0 && chunk_rows <= 4096, "chunk_rows must be in [0, 4096] (0: chosen), got ",
+                    chunk_rows);
+  TORCH_CHECK_VALUE(s_block >= 0 && s_block <= 65536, "s_block must be in [0, 65536] (0: chosen), got ",
+                    s_block);
   const int64_t m = x.size(0), n = grad_out.size(1), k = x.size(1);
   check_no_overlap(out, "out", {{"grad_out", grad_out}, {"x", x}});
   Tensor dw = output(out, {n, k}, x);
-  const Tensor& sparse = sparse_input ? x : grad_out;
-  const int64_t cols = sparse.size(1);
-  Tensor col_ptr = at::empty({cols + 1}, x.options().dtype(at::kLong));
-  Tensor counts = at::empty({cpu::list_chunks(m) * cols}, x.options().dtype(at::kLong));
-  const int64_t nnz = cpu::count_columns(sparse.data_ptr<float>(), m, cols, leading_dim(sparse),
-                                         counts.data_ptr<int64_t>(), col_ptr.data_ptr<int64_t>(), torch_parallel_for);
-  Tensor row_idx = at::empty({nnz}, x.options().dtype(at::kInt));
-  Tensor vals = at::empty({nnz}, x.options());
-  cpu::fill_columns(sparse.data_ptr<float>(), m, cols, leading_dim(sparse), counts.data_ptr<int64_t>(),
-                    row_idx.data_ptr<int32_t>(), vals.data_ptr<float>(), torch_parallel_for);
   cpu::SparseOperandGradWeight p{grad_out.data_ptr<float>(), leading_dim(grad_out), x.data_ptr<float>(),
-                                 leading_dim(x), m, n, k, sparse_input, col_ptr.data_ptr<int64_t>(),
-                                 row_idx.data_ptr<int32_t>(), vals.data_ptr<float>(), nnz, dw.data_ptr<float>(),
-                                 at::in_parallel_region() ? 1 : at::get_num_threads()};
+                                 leading_dim(x), m, n, k, sparse_input, dw.data_ptr<float>(),
+                                 at::in_parallel_region() ? 1 : at::get_num_threads(), chunk_rows, s_block};
   TORCH_CHECK(cpu::esmm_sparse_operand_grad_weight(p, torch_parallel_for),
               "sparsekern cpu: out of memory for scratch buffers");
   return dw;
@@ -541,7 +534,7 @@ void register_cpu_element(pybind11::module_& m) {
   m.def("esmm_sparse_operand_grad_weight_cpu", &esmm_sparse_operand_grad_weight_cpu,
         "dW = grad_out.T @ x walking the nonzeros of x (sparse_input) or of grad_out (CPU)",
         pybind11::arg("grad_out"), pybind11::arg("x"), pybind11::arg("sparse_input"),
-        pybind11::arg("out") = pybind11::none());
+        pybind11::arg("out") = pybind11::none(), pybind11::arg("chunk_rows") = 0, pybind11::arg("s_block") = 0);
   m.def("esmm_forward_cpu", &esmm_forward_cpu, "y = x @ W.T + bias over W's listed nonzeros (CPU)",
         pybind11::arg("x"), pybind11::arg("weight"), pybind11::arg("bias"), pybind11::arg("row_ptr"),
         pybind11::arg("col_idx"), pybind11::arg("out") = pybind11::none());

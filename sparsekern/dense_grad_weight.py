@@ -3,10 +3,12 @@ the nonzeros of its sparser operand.
 
 With activation sparsity (AbsTopK, ReLU) a layer's input has rows of mostly exact zeros, and
 when its output feeds an AbsTopK so has its output gradient. The product then needs only the
-terms whose sparse-side factor is nonzero: the CPU kernel lists that side's nonzeros by column
-(``csrc/cpu/esmm_sparse_operand.cpp``) and runs the element kernel's dense x element-sparse
-product with it, which reads the other side densely. The result is the same sum as the dense
-product's (fp32 accumulation, in another order: within the fp32 tolerance, not bitwise).
+terms whose sparse-side factor is nonzero: the CPU kernel (``csrc/cpu/esmm_sparse_operand.cpp``)
+lists that side's nonzeros by chunk of rows and column, and multiplies each by a row of the other
+side read densely from a panel that sits in L1, one vector FMA per vector loaded. The result is
+the same sum as the dense product's (fp32 accumulation, in another order: within the fp32
+tolerance, not bitwise). Only one side's zeros can be skipped at the vector unit's rate: skipping
+the other side's too would take a scatter per product, slower than the dense product's FMAs.
 
 Which side, if any, is decided per call by one pass over both operands (``operand_stats_cpu``:
 their nonzeros, and whether they are finite) and the cost model below; a dense input takes
@@ -29,14 +31,13 @@ from ._extension import extension
 SIDES = ("dense", "input", "grad_out")
 
 # Time of the sparse-operand product relative to the dense one, for the walked side's density d
-# (nonzeros / entries) and its column count c (the kernel keeps running sums for every column,
-# so many columns cost cache): per_density * d * (1 + c / column_scale) + floor. Fitted on the
-# 2-core AMD EPYC (AVX2, 512 KiB L2), 2048 tokens, d = 1/4: 0.65x dense time walking 2048
-# columns, 1.1-1.4x walking 8192 (so a [2048 -> 8192] layer walks its input, an [8192 -> 2048]
-# layer its output gradient).
-_PER_DENSITY = 1.9
-_COLUMN_SCALE = 5400.0
-_FLOOR = 0.02
+# (nonzeros / entries) and its column count c (the running sums of more columns cost a little
+# cache): per_density * d * (1 + c / column_scale) + floor. Fitted on the 2-core AMD EPYC (AVX2,
+# 512 KiB L2), 2048 tokens, 2 threads, against MKL's product: 0.21x dense time at d = 0.1, 0.42x
+# at 1/4, 0.71x at 1/2, 1.1x at 3/4 (walking 2048 columns; 8192 within 10-25% of that).
+_PER_DENSITY = 1.35
+_COLUMN_SCALE = 20000.0
+_FLOOR = 0.05
 # Below this many multiply-adds the dense product is cheap enough that a pass to measure the
 # operands is not worth making.
 _MIN_WORK = 1 << 24

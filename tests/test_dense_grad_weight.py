@@ -102,6 +102,46 @@ def test_no_rows_or_no_columns(side):
         assert out.shape == (n, k) and torch.equal(out, torch.zeros(n, k))
 
 
+ISAS = ("portable", "avx2", "avx512", "amx")
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("side", SPARSE_SIDES)
+@pytest.mark.parametrize("chunk_rows, s_block", [(0, 0), (16, 64), (48, 72), (128, 24)])
+def test_every_isa_chunk_and_block(isa, side, chunk_rows, s_block):
+    # The kernel reads the dense side in panels of chunk_rows rows by 64 columns and keeps the
+    # running sums of s_block columns of the sparse side: forced small here, so that every run
+    # has several chunks (the last one short), several blocks (the last one short), a last
+    # panel narrower than 64 and columns left over from the register transpose of the output.
+    best = extension().cpu_best_isa()
+    if ISAS.index(isa) > ISAS.index(best):
+        pytest.skip(f"this CPU does not support {isa}")
+    previous = sparsekern.set_cpu_isa(isa)
+    try:
+        g = torch.Generator().manual_seed(chunk_rows + s_block + len(side))
+        grad_out = sparse_rows(301, 157, 0.25, g, "abstopk")
+        x = sparse_rows(301, 203, 0.25, g, "abstopk")
+        x[40:60] = 0  # a whole chunk of rows without a nonzero on either side
+        grad_out[40:60] = 0
+        out = torch.full((157, 203), float("nan"))
+        extension().esmm_sparse_operand_grad_weight_cpu(grad_out, x, side == "input", out=out,
+                                                        chunk_rows=chunk_rows, s_block=s_block)
+        assert_close(out, grad_out, x)
+    finally:
+        sparsekern.set_cpu_isa(previous)
+
+
+def test_forced_chunk_and_block_out_of_range_raise():
+    ext = extension()
+    g, x = torch.randn(8, 3), torch.randn(8, 4)
+    with pytest.raises(ValueError, match="chunk_rows"):
+        ext.esmm_sparse_operand_grad_weight_cpu(g, x, True, chunk_rows=-1)
+    with pytest.raises(ValueError, match="chunk_rows"):
+        ext.esmm_sparse_operand_grad_weight_cpu(g, x, True, chunk_rows=5000)
+    with pytest.raises(ValueError, match="s_block"):
+        ext.esmm_sparse_operand_grad_weight_cpu(g, x, False, s_block=-3)
+
+
 @pytest.mark.parametrize("side", SPARSE_SIDES)
 def test_out_may_not_overlap_an_operand(side):
     g = torch.Generator().manual_seed(4)

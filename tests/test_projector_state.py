@@ -180,6 +180,25 @@ def test_a_later_layer_failing_in_apply_leaves_every_weight_layout_and_state(mon
     assert projector.steps == 4
 
 
+def test_the_undo_copies_are_kept_between_cpu_steps_and_hold_the_weight_before_the_write():
+    # A fresh copy of each weight every step paid its page faults (as long as the copy itself):
+    # on the CPU the buffers stay from step to step, and after a step each holds that step's
+    # weight before its projection.
+    model, optimizer, projector = _run()
+    _train(model, optimizer, projector, 1)
+    layers = _sparse_layers(model)
+    kept = {id(m.weight): projector._undo_buffers[id(m.weight)] for m in layers}
+    last = {key: buffer.clone() for key, buffer in kept.items()}
+    model(torch.randn(4, 24)).square().mean().backward()
+    optimizer.step()
+    before = [m.weight.detach().clone() for m in layers]
+    projector.step()
+    for m, w in zip(layers, before):
+        buffer = projector._undo_buffers[id(m.weight)]
+        assert buffer is kept[id(m.weight)]
+        assert not torch.equal(last[id(m.weight)], w) and torch.equal(buffer, w)
+
+
 def test_without_rollback_a_failing_step_names_the_layers_it_wrote_and_keeps_the_step_count(monkeypatch):
     model, optimizer, projector = _run(zero_pruned_state=True, rollback=False)
     _train(model, optimizer, projector, 3)

@@ -49,8 +49,8 @@ int64_t tile_bytes() {
   return bytes;
 }
 
-void plan_tiles(Isa isa, int64_t width, int min_nv, int max_nv, int64_t* mt, int64_t* chunk,
-                int64_t bytes = tile_bytes()) {
+void plan_tiles(Isa isa, int64_t width, int min_nv, int max_nv, int64_t* mt, int64_t* chunk) {
+  const int64_t bytes = tile_bytes();
   switch (isa) {
     case Isa::kAmx:
     case Isa::kAvx512: return avx512::element_plan(width, bytes, min_nv, max_nv, mt, chunk);
@@ -66,22 +66,20 @@ struct PackTask {
   int64_t chunk, chunks;
 };
 
-// vals[j] = w[row of j, idx[j]] for the rows [begin, end) (unless the caller gave them): one pass
-// over the nonzeros, so the kernels read them in order instead of gathering from the dense
-// weight once per tile of M; and, with several chunks, where each chunk begins in each row.
+// vals[j] = w[row of j, idx[j]] for the rows [begin, end): one pass over the nonzeros, so the
+// kernels read them in order instead of gathering from the dense weight once per tile of M; and,
+// with several chunks, where each chunk begins in each row.
 void pack_task(void* ctx, int64_t begin, int64_t end) {
   const auto& c = *static_cast<const PackTask*>(ctx);
   const StridedMatrix& w = c.p->w;
   for (int64_t r = begin; r < end; ++r) {
-    if (c.p->vals == nullptr) {  // else the caller listed the values: only the splits are wanted
-      for (int64_t j = c.p->ptr[r]; j < c.p->ptr[r + 1]; ++j) {
-        const int64_t at = r * w.stride_row + static_cast<int64_t>(c.p->idx[j]) * w.stride_col;
-        if (w.dtype == DType::kFloat32) {
-          c.vals[j] = static_cast<const float*>(w.data)[at];
-        } else {
-          const uint32_t bits = static_cast<uint32_t>(static_cast<const uint16_t*>(w.data)[at]) << 16;
-          __builtin_memcpy(&c.vals[j], &bits, sizeof(float));
-        }
+    for (int64_t j = c.p->ptr[r]; j < c.p->ptr[r + 1]; ++j) {
+      const int64_t at = r * w.stride_row + static_cast<int64_t>(c.p->idx[j]) * w.stride_col;
+      if (w.dtype == DType::kFloat32) {
+        c.vals[j] = static_cast<const float*>(w.data)[at];
+      } else {
+        const uint32_t bits = static_cast<uint32_t>(static_cast<const uint16_t*>(w.data)[at]) << 16;
+        __builtin_memcpy(&c.vals[j], &bits, sizeof(float));
       }
     }
     if (c.split == nullptr) continue;
@@ -124,11 +122,6 @@ int vectors_of(Isa isa, int64_t rows) {
 // widest tile that fits, the choice before) were up to 1.7x slower.
 void choose_tiles(Isa isa, const ElementDenseSparse& p, int64_t* mt, int64_t* chunk) {
   if (const int forced = forced_vectors()) return plan_tiles(isa, p.w.cols, forced, forced, mt, chunk);
-  // The weight gradient with a sparse operand (a_transposed) walks hundreds of nonzeros per
-  // column, so chunks stay long at the widest tile; half the usual tile leaves L2 room for the
-  // running sums of its thousands of columns. Measured on the EPYC at 2048 tokens, 1/4 of x
-  // nonzero, [2048 -> 8192]: 1.4x dense's rate against 1.2x with the forward pass's choice.
-  if (p.a_transposed) return plan_tiles(isa, p.w.cols, 8, 8, mt, chunk, tile_bytes() / 2);
   const int wide = vectors_of(isa, 32);
   plan_tiles(isa, p.w.cols, wide, wide, mt, chunk);
   const int64_t chunks = (p.w.cols + *chunk - 1) / *chunk;
@@ -150,18 +143,17 @@ bool esmm_dense_sparse(const ElementDenseSparse& p, ParallelFor parallel_for) {
   plan.workers = p.threads <= 1 || tiles >= 2 * p.threads ? (p.threads > 1 ? p.threads : 1) : 0;
   const int64_t per_set = (plan.chunk + p.w.rows) * plan.mt;
   const int64_t split_words = plan.chunks > 1 ? p.w.rows * (plan.chunks + 1) : 0;  // int64, as 2 floats
-  // Values packed here unless the caller listed them (p.vals).
-  const int64_t packed = p.vals ? 0 : (p.nnz + 1) & ~int64_t{1};
+  const int64_t packed = (p.nnz + 1) & ~int64_t{1};  // the values, in index order
   thread_local KeptScratch kept;
   float* const base = kept.at_least(packed + 2 * split_words + (plan.workers > 0 ? plan.workers : 1) * per_set + 16);
   if (base == nullptr) return false;
   int64_t* const split = split_words ? reinterpret_cast<int64_t*>(base + packed) : nullptr;
   float* const scratch = base + packed + 2 * split_words;
-  float* const vals = p.vals ? const_cast<float*>(p.vals) : base;
+  float* const vals = base;
   plan.split = split;
   plan.scratch = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(scratch) + 63) & ~uintptr_t{63});
   PackTask pack{&p, vals, split, plan.chunk, plan.chunks};
-  if (p.vals == nullptr || split != nullptr) parallel_for(p.w.rows, pack_task, &pack);
+  parallel_for(p.w.rows, pack_task, &pack);
   switch (isa) {
     case Isa::kAmx:
     case Isa::kAvx512: avx512::element_dense_sparse(p, parallel_for, plan, vals); break;

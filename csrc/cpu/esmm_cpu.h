@@ -27,15 +27,6 @@ struct ElementDenseSparse {
   float* y;
   int64_t ldy;
   int64_t threads;  // torch's, for the choice of work split
-  // The weight gradient of a layer whose input or output gradient is mostly exact zeros
-  // (esmm_sparse_operand.h) runs this product with the sparse operand as `w`:
-  // a_transposed: a is given as its transpose, at[c * lda + r] (a row of at holds one column of a
-  //   for every row of a), so tiles are copied instead of transposed.
-  // vals: w's value of each listed nonzero, in index order (then w.data is not read).
-  // y_transposed: y is written as its transpose, y[n * ldy + r].
-  bool a_transposed = false;
-  const float* vals = nullptr;
-  bool y_transposed = false;
 };
 
 // How a dense x element-sparse product is split (the launcher's choice, the kernels' input):

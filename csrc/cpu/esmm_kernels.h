@@ -3,9 +3,8 @@
 // unit follows: no C++ standard library header, internal linkage but for the entry points).
 //
 // Both products work through M in tiles of MT rows (MT = VL * NV lanes). A tile of the dense
-// operand is transposed once into scratch shared by all threads (copied, when the caller gives the
-// operand already transposed: the weight gradient with a sparse operand, esmm_sparse_operand.h),
-// so that a row of it holds one column of the operand for MT rows of M: each nonzero of the weight then costs NV vector FMAs
+// operand is transposed once into scratch shared by all threads, so that a row of it holds one
+// column of the operand for MT rows of M: each nonzero of the weight then costs NV vector FMAs
 // against one contiguous row, whatever its column. The rows are read in no useful order, so
 // the tile must stay in L2: MT is chosen so that it takes about a quarter of it.
 #include <stdint.h>
@@ -54,24 +53,10 @@ inline void transpose_rows(const float* a, int64_t lda, int64_t rows, int64_t c0
   }
 }
 
-// The same tile from an operand given transposed (at[c * lda + r], at pointing at the tile's
-// first row): a copy of `rows` floats per column.
-inline void copy_rows(const float* at, int64_t lda, int64_t rows, int64_t c0, int64_t cols, float* t, int64_t mt) {
-  for (int64_t c = 0; c < cols; ++c) {
-    const float* src = at + (c0 + c) * lda;
-    float* dst = t + c * mt;
-    for (int64_t r = 0; r < rows; ++r) dst[r] = src[r];
-    for (int64_t r = rows; r < mt; ++r) dst[r] = 0.f;
-  }
-}
-
 // Columns c0 + [0, cols) of the tile of rows m0 + [0, rows) of p's dense operand, as rows of t.
 inline void load_tile(const ElementDenseSparse& p, int64_t m0, int64_t rows, int64_t c0, int64_t cols, float* t,
                       int64_t mt) {
-  if (p.a_transposed)
-    copy_rows(p.a + m0, p.lda, rows, c0, cols, t, mt);
-  else
-    transpose_rows(p.a + m0 * p.lda, p.lda, rows, c0, cols, t, mt);
+  transpose_rows(p.a + m0 * p.lda, p.lda, rows, c0, cols, t, mt);
 }
 
 // Columns c0 + [begin, end) of a tile of the dense operand, into shared scratch.
@@ -154,13 +139,6 @@ void tile_chunk(const ElementDenseSparse& p, const ElementPlan& plan, const floa
       for (int v = 0; v < NV; ++v) vstore(keep + v * VL, acc[0][v]);
     }
     if (!last) continue;
-    if (p.y_transposed) {
-      for (int64_t i = 0; i < outs; ++i) {
-        float* y = p.y + (n0 + i) * p.ldy + m0;
-        for (int64_t r = 0; r < rows; ++r) y[r] = buf[i * MT + r];
-      }
-      continue;
-    }
     float* y = p.y + m0 * p.ldy + n0;
     if (outs == VL && rows == MT) {
       for (int v = 0; v < NV; ++v) transpose_tile(buf + v * VL, MT, y + v * VL * p.ldy, p.ldy);

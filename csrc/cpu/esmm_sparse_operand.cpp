@@ -1,10 +1,26 @@
 // See esmm_sparse_operand.h. The listing is three passes (count by chunk of rows, a prefix,
-// fill), so the rows of each column come out ascending and every chunk writes its own slots.
+// fill), so the rows of each column come out ascending and every chunk writes its own slots;
+// then the kernels of the active instruction set (esmm_sparse_operand_kernels.h).
 #include "esmm_sparse_operand.h"
+
+#include <unistd.h>
 
 #include <atomic>
 
-#include "esmm_cpu.h"
+#include "scratch.h"
+
+#define SK_DECLARE_KERNELS(ns)                                                             \
+  namespace sparsekern {                                                                   \
+  namespace cpu {                                                                          \
+  namespace ns {                                                                           \
+  void sparse_operand_product(const SparseOperandProduct& p, ParallelFor parallel_for);    \
+  }                                                                                        \
+  }                                                                                        \
+  }
+SK_DECLARE_KERNELS(portable)
+SK_DECLARE_KERNELS(avx2)
+SK_DECLARE_KERNELS(avx512)
+#undef SK_DECLARE_KERNELS
 
 namespace sparsekern {
 namespace cpu {
@@ -41,40 +57,62 @@ void stats_task(void* ctx, int64_t begin, int64_t end) {
 
 struct ListTask {
   const float* a;
-  int64_t rows, cols, lda, chunk_rows;
-  int64_t* counts;  // [chunks][cols]: counted, then each chunk's first slot per column
-  int32_t* row_idx;
-  float* vals;
+  int64_t lda;
+  int64_t* next;  // [chunks * cols + 1]: counts, then (after the prefix) each list's next slot
+  SparseOperandListing* listing;
+  SparseOperandEntry* entries;
 };
 
 void count_task(void* ctx, int64_t begin, int64_t end) {
   const auto& c = *static_cast<const ListTask*>(ctx);
+  const SparseOperandListing& l = *c.listing;
   for (int64_t q = begin; q < end; ++q) {
-    int64_t* counts = c.counts + q * c.cols;
-    for (int64_t j = 0; j < c.cols; ++j) counts[j] = 0;
-    const int64_t r1 = c.rows < (q + 1) * c.chunk_rows ? c.rows : (q + 1) * c.chunk_rows;
-    for (int64_t r = q * c.chunk_rows; r < r1; ++r) {
+    int64_t* counts = c.next + q * l.cols;
+    for (int64_t s = 0; s < l.cols; ++s) counts[s] = 0;
+    const int64_t r1 = l.rows < (q + 1) * l.chunk_rows ? l.rows : (q + 1) * l.chunk_rows;
+    for (int64_t r = q * l.chunk_rows; r < r1; ++r) {
       const float* row = c.a + r * c.lda;
-      for (int64_t j = 0; j < c.cols; ++j) counts[j] += nonzero(row[j]);
+      for (int64_t s = 0; s < l.cols; ++s) counts[s] += nonzero(row[s]);
     }
   }
 }
 
 void fill_task(void* ctx, int64_t begin, int64_t end) {
   const auto& c = *static_cast<const ListTask*>(ctx);
+  const SparseOperandListing& l = *c.listing;
   for (int64_t q = begin; q < end; ++q) {
-    int64_t* next = c.counts + q * c.cols;
-    const int64_t r1 = c.rows < (q + 1) * c.chunk_rows ? c.rows : (q + 1) * c.chunk_rows;
-    for (int64_t r = q * c.chunk_rows; r < r1; ++r) {
+    int64_t* next = c.next + q * l.cols;
+    const int64_t r0 = q * l.chunk_rows, r1 = l.rows < r0 + l.chunk_rows ? l.rows : r0 + l.chunk_rows;
+    for (int64_t r = r0; r < r1; ++r) {
       const float* row = c.a + r * c.lda;
-      for (int64_t j = 0; j < c.cols; ++j) {
-        if (!nonzero(row[j])) continue;
-        const int64_t at = next[j]++;
-        c.row_idx[at] = static_cast<int32_t>(r);
-        c.vals[at] = row[j];
-      }
+      for (int64_t s = 0; s < l.cols; ++s)
+        if (nonzero(row[s])) c.entries[next[s]++] = {static_cast<int32_t>(r - r0), row[s]};
     }
   }
+}
+
+// A cache's size in bytes (level 1: data), or `fallback` where sysconf does not say.
+int64_t cache_bytes(int level, int64_t fallback) {
+  long bytes = -1;
+#if defined(_SC_LEVEL1_DCACHE_SIZE) && defined(_SC_LEVEL2_CACHE_SIZE)
+  bytes = sysconf(level == 1 ? _SC_LEVEL1_DCACHE_SIZE : _SC_LEVEL2_CACHE_SIZE);
+#endif
+  return bytes > 0 ? static_cast<int64_t>(bytes) : fallback;
+}
+
+constexpr int64_t kPanelRowBytes = SPARSE_OPERAND_PANEL_COLS * static_cast<int64_t>(sizeof(float));
+
+// A panel fills L1 (measured on a 2-core EPYC, 32 KiB L1: 128 rows beat 64 and 96 by 5-15%; the
+// running sums and the listing stream through without evicting much of it); the running sums of
+// a block of columns take half of L2.
+int64_t default_chunk_rows() {
+  const int64_t rows = cache_bytes(1, 32 << 10) / kPanelRowBytes;
+  return rows < 16 ? 16 : (rows > 256 ? 256 : rows);
+}
+
+int64_t default_s_block() {
+  const int64_t cols = cache_bytes(2, 512 << 10) / 2 / kPanelRowBytes;
+  return cols < 64 ? 64 : cols;
 }
 
 }  // namespace
@@ -88,57 +126,67 @@ OperandStats operand_stats(const float* a, int64_t rows, int64_t cols, int64_t l
   return {task.nnz.load(), task.finite.load()};
 }
 
-// Enough chunks of rows to spread over the threads, few enough that the counts stay small.
-int64_t list_chunks(int64_t rows) { return rows < 16 ? 1 : 16; }
-
-int64_t count_columns(const float* a, int64_t rows, int64_t cols, int64_t lda, int64_t* counts, int64_t* col_ptr,
-                      ParallelFor parallel_for) {
-  const int64_t chunks = list_chunks(rows);
-  ListTask task{a, rows, cols, lda, (rows + chunks - 1) / chunks, counts, nullptr, nullptr};
-  parallel_for(chunks, count_task, &task);
-  // Column j's slots begin at col_ptr[j]; chunk q's part of them after chunks 0..q-1's.
-  int64_t total = 0;
-  for (int64_t j = 0; j < cols; ++j) {
-    col_ptr[j] = total;
-    for (int64_t q = 0; q < chunks; ++q) {
-      const int64_t n = counts[q * cols + j];
-      counts[q * cols + j] = total;
-      total += n;
-    }
-  }
-  col_ptr[cols] = total;
-  return total;
-}
-
-void fill_columns(const float* a, int64_t rows, int64_t cols, int64_t lda, int64_t* counts, int32_t* row_idx,
-                  float* vals, ParallelFor parallel_for) {
-  const int64_t chunks = list_chunks(rows);
-  ListTask task{a, rows, cols, lda, (rows + chunks - 1) / chunks, counts, row_idx, vals};
-  parallel_for(chunks, fill_task, &task);
-}
-
 bool esmm_sparse_operand_grad_weight(const SparseOperandGradWeight& p, ParallelFor parallel_for) {
-  // The element product y[r, f] = sum_c at[c, r] w[f, c] over w's listed nonzeros, with the
-  // reduction c over the m rows of both operands and w the sparse side's transpose:
-  //   sparse input:  r = n (at = dy), f = k (w = x.T),  y = dw;
-  //   sparse dy:     r = k (at = x),  f = n (w = dy.T), y = dw.T, written transposed.
+  // out(s, d) = sum_m S[m, s] D[m, d]:
+  //   sparse input:  S = x (s = k), D = dy (d = n), out = dw[n, k] written transposed;
+  //   sparse dy:     S = dy (s = n), D = x (d = k), out = dw[n, k] as it is.
   const bool si = p.sparse_input;
-  ElementDenseSparse e{};
-  e.a = si ? p.dy : p.x;
-  e.lda = si ? p.ldd : p.ldx;
-  e.m = si ? p.n : p.k;
-  e.w = StridedMatrix{nullptr, DType::kFloat32, si ? p.k : p.n, p.m, 0, 0};
-  e.bias = nullptr;
-  e.ptr = p.col_ptr;
-  e.idx = p.row_idx;
-  e.nnz = p.nnz;
-  e.y = p.dw;
-  e.ldy = p.k;
-  e.threads = p.threads;
-  e.a_transposed = true;
-  e.vals = p.vals;
-  e.y_transposed = !si;
-  return esmm_dense_sparse(e, parallel_for);
+  const float* sparse = si ? p.x : p.dy;
+  const int64_t ld_sparse = si ? p.ldx : p.ldd;
+  SparseOperandListing l{};
+  l.rows = p.m;
+  l.cols = si ? p.k : p.n;
+  l.chunk_rows = p.chunk_rows > 0 ? p.chunk_rows : default_chunk_rows();
+  l.chunks = (p.m + l.chunk_rows - 1) / l.chunk_rows;
+  const int64_t s_block = p.s_block > 0 ? p.s_block : default_s_block();
+  const int64_t d_cols = si ? p.n : p.k;
+  const int64_t tiles = (d_cols + SPARSE_OPERAND_PANEL_COLS - 1) / SPARSE_OPERAND_PANEL_COLS;
+  const int64_t items = tiles * ((l.cols + s_block - 1) / s_block);
+  const int64_t workers = items < (p.threads > 1 ? p.threads : 1) ? items : (p.threads > 1 ? p.threads : 1);
+
+  // The lists' bounds first (their count sizes the entries), kept between calls like all scratch.
+  const int64_t lists = l.chunks * l.cols;
+  thread_local KeptScratch kept_ptr, kept_entries, kept_work;
+  int64_t* next = reinterpret_cast<int64_t*>(kept_ptr.at_least(4 * (lists + 1)));  // next and ptr
+  if (next == nullptr) return false;
+  int64_t* ptr = next + lists + 1;
+  ListTask list{sparse, ld_sparse, next, &l, nullptr};
+  parallel_for(l.chunks, count_task, &list);
+  int64_t nnz = 0;
+  for (int64_t i = 0; i < lists; ++i) {
+    ptr[i] = nnz;
+    nnz += next[i];
+    next[i] = ptr[i];
+  }
+  ptr[lists] = nnz;
+  auto* entries = reinterpret_cast<SparseOperandEntry*>(kept_entries.at_least(2 * nnz + 2));
+  const int64_t per_worker = sparse_operand_scratch_per_worker(l.chunk_rows, s_block);
+  float* work = kept_work.at_least((workers > 0 ? workers : 1) * per_worker + 16);
+  if (entries == nullptr || work == nullptr) return false;
+  list.entries = entries;
+  parallel_for(l.chunks, fill_task, &list);
+  l.ptr = ptr;
+  l.entries = entries;
+
+  SparseOperandProduct product{};
+  product.listing = l;
+  product.dense = si ? p.dy : p.x;
+  product.ld_dense = si ? p.ldd : p.ldx;
+  product.d_cols = d_cols;
+  product.out = p.dw;
+  product.ld_out = p.k;
+  product.out_transposed = si;
+  product.s_block = s_block;
+  product.workers = workers;
+  product.scratch = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(work) + 63) & ~uintptr_t{63});
+  if (workers == 0) return true;  // no element of dw (n or k is 0)
+  switch (active_isa()) {
+    case Isa::kAmx:
+    case Isa::kAvx512: avx512::sparse_operand_product(product, parallel_for); break;
+    case Isa::kAvx2: avx2::sparse_operand_product(product, parallel_for); break;
+    default: portable::sparse_operand_product(product, parallel_for); break;
+  }
+  return true;
 }
 
 }  // namespace cpu

@@ -1,12 +1,16 @@
 // The dense weight gradient dW = dy.T @ x of a layer whose input x or output gradient dy is
-// mostly exact zeros (activation sparsity: AbsTopK, ReLU): the sparse side is listed by
-// column and the product runs as the element kernel's dense x element-sparse product, so it
-// costs what the sparse side's nonzeros cost. Torch-free; csrc/bindings.cpp checks and calls.
+// mostly exact zeros (activation sparsity: AbsTopK, ReLU): the sparse side is listed by chunk of
+// rows and walked, the other side read densely in panels that sit in L1, so it costs what the
+// sparse side's nonzeros cost (esmm_sparse_operand_kernels.h). Torch-free; csrc/bindings.cpp
+// checks and calls.
 #pragma once
 
 #include <stdint.h>
 
 #include "bsmm_cpu.h"  // ParallelFor
+
+// Columns of the dense side per panel (every instruction set: 8 AVX2, 4 AVX-512 vectors).
+#define SPARSE_OPERAND_PANEL_COLS 64
 
 namespace sparsekern {
 namespace cpu {
@@ -19,20 +23,43 @@ struct OperandStats {
 };
 OperandStats operand_stats(const float* a, int64_t rows, int64_t cols, int64_t lda, ParallelFor parallel_for);
 
-// The nonzeros of a[rows, cols] column by column, in two steps so the caller can allocate in
-// between: count_columns fills col_ptr[cols + 1] (int64) and counts (scratch of
-// list_chunks(rows) * cols int64, kept for the fill) and returns nnz; fill_columns then writes
-// row_idx[nnz] and vals[nnz], rows ascending within a column.
-int64_t list_chunks(int64_t rows);
-int64_t count_columns(const float* a, int64_t rows, int64_t cols, int64_t lda, int64_t* counts, int64_t* col_ptr,
-                      ParallelFor parallel_for);
-void fill_columns(const float* a, int64_t rows, int64_t cols, int64_t lda, int64_t* counts, int32_t* row_idx,
-                  float* vals, ParallelFor parallel_for);
+// One listed nonzero: its row within its chunk of rows, and its value.
+struct SparseOperandEntry {
+  int32_t row;
+  float value;
+};
+
+// The nonzeros of a sparse operand [rows, cols], chunk of rows by chunk (chunk_rows each, the
+// last one short), column by column within a chunk, rows ascending: those of chunk q and
+// column s are entries[ptr[q * cols + s] .. ptr[q * cols + s + 1]).
+struct SparseOperandListing {
+  int64_t rows, cols, chunk_rows, chunks;
+  const int64_t* ptr;  // [chunks * cols + 1]
+  const SparseOperandEntry* entries;
+};
+
+// out(s, d) = sum_r S[r, s] D[r, d] for S listed (listing) and D [rows, d_cols] dense (fp32, rows
+// contiguous); out[s * ld_out + d], or out[d * ld_out + s] when out_transposed. Every element of
+// out is written. The columns of S in blocks of s_block (running sums kept in L2); work dealt to
+// `workers` workers, each with sparse_operand_scratch_per_worker floats of scratch (64-byte aligned).
+struct SparseOperandProduct {
+  SparseOperandListing listing;
+  const float* dense;
+  int64_t ld_dense, d_cols;
+  float* out;
+  int64_t ld_out;
+  bool out_transposed;
+  int64_t s_block, workers;
+  float* scratch;
+};
+inline int64_t sparse_operand_scratch_per_worker(int64_t chunk_rows, int64_t s_block) {
+  return (chunk_rows + s_block) * SPARSE_OPERAND_PANEL_COLS;
+}
 
 // dw[n, k] = sum_m dy[m, n] x[m, k] (fp32, rows contiguous; dw's leading dimension k), walking
-// the nonzeros of one side listed by count_columns and fill_columns: sparse_input (x's columns: col_ptr[k + 1])
-// or not (dy's columns: col_ptr[n + 1]). Every element of dw is written. False when scratch
-// could not be allocated (nothing written then).
+// the nonzeros of x (sparse_input) or of dy. chunk_rows, s_block: 0 for the launcher's choice
+// (a panel of L1's size, running sums of half of L2's), else forced (tests, tuning). Every
+// element of dw is written. False when scratch could not be allocated (nothing written then).
 struct SparseOperandGradWeight {
   const float* dy;
   int64_t ldd;
@@ -40,12 +67,9 @@ struct SparseOperandGradWeight {
   int64_t ldx;
   int64_t m, n, k;
   bool sparse_input;
-  const int64_t* col_ptr;
-  const int32_t* row_idx;
-  const float* vals;
-  int64_t nnz;
   float* dw;
   int64_t threads;
+  int64_t chunk_rows = 0, s_block = 0;
 };
 bool esmm_sparse_operand_grad_weight(const SparseOperandGradWeight& p, ParallelFor parallel_for);
 
