@@ -259,23 +259,27 @@ ABS_TOPK = {"sparsekern": sparsekern.abs_topk, "torch": torch_abs_topk}
 
 
 class AbsTopK(nn.Module):
-    """At every token, keep the ``k`` entries of largest magnitude of the last dimension.
+    """At every token, keep the ``k`` entries of largest magnitude of the last dimension
+    (``gelu=True``: of ``F.gelu(x)``, the MLP's activation, which sparsekern fuses into the select).
 
-    ``k = 0`` (or ``k >= width``): the identity. ``impl``: ``"sparsekern"``
-    (``sparsekern.abs_topk``) or ``"torch"`` (``torch_abs_topk``)."""
+    ``k = 0`` (or ``k >= width``): the identity (or the GELU). ``impl``: ``"sparsekern"``
+    (``sparsekern.abs_topk``, ``sparsekern.gelu_abs_topk``) or ``"torch"`` (``torch_abs_topk``)."""
 
-    def __init__(self, k: int, impl: str = "sparsekern"):
+    def __init__(self, k: int, impl: str = "sparsekern", gelu: bool = False):
         super().__init__()
         self.k = int(k)
         self.impl = impl
+        self.gelu = gelu
 
     def forward(self, x):
         if self.k <= 0 or self.k >= x.shape[-1]:
-            return x
-        return ABS_TOPK[self.impl](x, self.k)
+            return F.gelu(x) if self.gelu else x
+        if self.gelu and self.impl == "sparsekern":
+            return sparsekern.gelu_abs_topk(x, self.k)
+        return ABS_TOPK[self.impl](F.gelu(x) if self.gelu else x, self.k)
 
     def extra_repr(self):
-        return f"k={self.k}, impl={self.impl!r}"
+        return f"k={self.k}, impl={self.impl!r}" + (", gelu=True" if self.gelu else "")
 
 
 def act_k(width: int, fraction: float) -> int:
@@ -335,11 +339,11 @@ class MLP(nn.Module):
     def __init__(self, d_model: int, d_mlp: int, act: dict):
         super().__init__()
         self.fc = nn.Linear(d_model, d_mlp, bias=False)
-        self.act = AbsTopK(act["mlp"])
+        self.act = AbsTopK(act["mlp"], gelu=True)
         self.proj = nn.Linear(d_mlp, d_model, bias=False)
 
     def forward(self, x):
-        return self.proj(self.act(F.gelu(self.fc(x))))
+        return self.proj(self.act(self.fc(x)))
 
 
 class Block(nn.Module):

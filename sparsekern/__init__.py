@@ -10,7 +10,7 @@ cpu, triton, cuda), all chosen by the one ``backend.Registry``. README.md, "Repo
 """
 
 from ._cpu_isa import cpu_isa, set_cpu_isa
-from .activation import AbsTopK, abs_topk
+from .activation import AbsTopK, GeluAbsTopK, abs_topk, gelu_abs_topk
 from .backend import BackendUnavailableError
 from .block import BlockLayout, SparseLinearFunction, block_sparse_linear, count_for_density
 from .block.backends import available_backends, backend_names
@@ -31,6 +31,7 @@ __all__ = [
     "DensitySchedule",
     "ElementLayout",
     "ElementSparseLinearFunction",
+    "GeluAbsTopK",
     "ProjectionResult",
     "Projector",
     "SparseLinear",
@@ -45,6 +46,7 @@ __all__ = [
     "count_for_density",
     "cpu_isa",
     "element_sparse_linear",
+    "gelu_abs_topk",
     "linear_warmup_decay",
     "projection_backends",
     "set_cpu_isa",

@@ -297,6 +297,10 @@ class SparseLinear(nn.Module):
                         min_per_row: int = 0, backend: str | None = None):
         """The first half of ``project_``: checks and plans, writes nothing (a bad argument
         raises here with the weight untouched). ``apply_projection`` carries it out."""
+        if torch.is_inference_mode_enabled():
+            # The new layout would be inference tensors: every later training forward would fail.
+            raise RuntimeError("project_ / Projector.step under torch.inference_mode() would leave this layer a "
+                               "layout that autograd cannot use: call it under torch.no_grad() instead")
         granularity = self.granularity if granularity is None else granularity
         if granularity not in GRANULARITIES:
             raise ValueError(f"granularity must be one of {GRANULARITIES} (or None: {self.granularity!r}), "

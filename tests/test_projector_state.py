@@ -199,6 +199,25 @@ def test_the_undo_copies_are_kept_between_cpu_steps_and_hold_the_weight_before_t
         assert not torch.equal(last[id(m.weight)], w) and torch.equal(buffer, w)
 
 
+def test_a_step_under_inference_mode_raises_before_anything_changes():
+    # Its layouts would be inference tensors, which a later training forward cannot save.
+    model, optimizer, projector = _run()
+    _train(model, optimizer, projector, 1)
+    model(torch.randn(4, 24)).square().mean().backward()
+    optimizer.step()
+    before = [m.weight.detach().clone() for m in _sparse_layers(model)]
+    layouts = [m._layout for m in _sparse_layers(model)]
+    with torch.inference_mode(), pytest.raises(RuntimeError, match="inference_mode"):
+        projector.step()
+    with torch.inference_mode(), pytest.raises(RuntimeError, match="inference_mode"):
+        _sparse_layers(model)[0].project_(0.5)
+    assert projector.steps == 1
+    for m, w, layout in zip(_sparse_layers(model), before, layouts):
+        assert torch.equal(m.weight, w) and m._layout is layout
+    _train(model, optimizer, projector, 1)
+    assert projector.steps == 2
+
+
 def test_without_rollback_a_failing_step_names_the_layers_it_wrote_and_keeps_the_step_count(monkeypatch):
     model, optimizer, projector = _run(zero_pruned_state=True, rollback=False)
     _train(model, optimizer, projector, 3)

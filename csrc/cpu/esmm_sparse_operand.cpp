@@ -112,7 +112,7 @@ int64_t default_chunk_rows() {
 
 int64_t default_s_block() {
   const int64_t cols = cache_bytes(2, 512 << 10) / 2 / kPanelRowBytes;
-  return cols < 64 ? 64 : cols;
+  return cols < 64 ? 64 : (cols > 65536 ? 65536 : cols);  // within the forced range, should sysconf misreport L2
 }
 
 }  // namespace

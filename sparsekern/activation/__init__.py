@@ -2,8 +2,10 @@
 published weight-sparse transformers).
 
 ``abs_topk.py`` (checks, ``AbsTopKFunction``, the functional ``abs_topk``, the module
-``AbsTopK``), ``ops.py`` (the ``sparsekern::abs_topk`` operator), ``reference.py`` (the oracle),
+``AbsTopK``), ``gelu_abs_topk.py`` (GELU then AbsTopK in one pass: ``gelu_abs_topk``,
+``GeluAbsTopK``), ``ops.py`` (their operators), ``reference.py`` (the oracle),
 ``backends/`` (one file per backend, their registry and contract).
 """
 
 from .abs_topk import AbsTopK, AbsTopKFunction, abs_topk  # noqa: F401
+from .gelu_abs_topk import GeluAbsTopK, GeluAbsTopKFunction, gelu_abs_topk  # noqa: F401

@@ -1,7 +1,8 @@
-"""AbsTopK as a torch operator in the ``sparsekern`` namespace.
+"""AbsTopK, and GELU then AbsTopK, as torch operators in the ``sparsekern`` namespace.
 
 It takes the backend's name and dispatches to it; the fake implementation gives the output
-shapes to ``torch.compile`` and ``opcheck``. ``abs_topk.py`` calls only this.
+shapes to ``torch.compile`` and ``opcheck``. ``abs_topk.py`` and ``gelu_abs_topk.py`` call only
+these.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from .backends import get_backend
@@ -29,4 +31,24 @@ def abs_topk(x: Tensor, k: int, backend: str) -> tuple[Tensor, Tensor]:
 
 @abs_topk.register_fake
 def _(x, k, backend):
+    return x.new_empty(x.shape), x.new_empty(x.shape, dtype=torch.bool)
+
+
+@torch.library.custom_op("sparsekern::gelu_abs_topk", mutates_args=())
+def gelu_abs_topk(x: Tensor, k: int, approximate: str, backend: str) -> tuple[Tensor, Tensor]:
+    """``abs_topk(F.gelu(x, approximate=approximate), k)``: the backend's fused pass where it has
+    one, else its AbsTopK of torch's GELU."""
+    n = x.shape[-1]
+    x2d = x.reshape(math.prod(x.shape[:-1]), n).contiguous()
+    chosen = get_backend(backend)
+    fused = getattr(chosen, "gelu_forward", None)
+    if fused is not None:
+        values, kept = fused(x2d, k, approximate)
+    else:
+        values, kept = chosen.forward(F.gelu(x2d, approximate=approximate), k)
+    return torch.ops.aten._unsafe_view(values, x.shape), torch.ops.aten._unsafe_view(kept, x.shape)
+
+
+@gelu_abs_topk.register_fake
+def _(x, k, approximate, backend):
     return x.new_empty(x.shape), x.new_empty(x.shape, dtype=torch.bool)

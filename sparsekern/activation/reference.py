@@ -8,6 +8,7 @@ to the lowest index. Correctness over speed.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 
 def magnitude_order(x: torch.Tensor) -> torch.Tensor:
@@ -30,3 +31,15 @@ def abs_topk(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     if k > 0:
         kept.scatter_(-1, magnitude_order(x)[..., :k], True)
     return torch.where(kept, x, torch.zeros((), dtype=x.dtype, device=x.device)), kept
+
+
+def gelu_abs_topk(x: torch.Tensor, k: int, approximate: str = "none") -> tuple[torch.Tensor, torch.Tensor]:
+    """``abs_topk(F.gelu(x, approximate=approximate), k)``."""
+    return abs_topk(F.gelu(x, approximate=approximate), k)
+
+
+def gelu_abs_topk_backward(grad: torch.Tensor, x: torch.Tensor, kept: torch.Tensor,
+                           approximate: str = "none") -> torch.Tensor:
+    """Its gradient in ``x``: ``where(kept, gelu_backward(grad, x), 0)``."""
+    derivative = torch.ops.aten.gelu_backward(grad, x, approximate=approximate)
+    return torch.where(kept, derivative, torch.zeros((), dtype=x.dtype, device=x.device))

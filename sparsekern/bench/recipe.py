@@ -9,7 +9,8 @@ loss = mean square of the output, ``torch.optim.AdamW``, then the projection of 
 their top ``density`` entries (no floor). Two implementations of the same step:
 
 * **sparsekern**: ``SparseLinear(dense_grad=True)`` (``format="auto"``: the element kernels at
-  these densities), ``sparsekern.abs_topk``, ``Projector``, AdamW with ``fused=True``;
+  these densities), ``sparsekern.abs_topk``, ``sparsekern.gelu_abs_topk`` for GELU then AbsTopK,
+  ``Projector``, AdamW with ``fused=True``;
 * **published**: ``nn.Linear`` whose weight the projection zeroes (dense matmuls on the masked
   weight, so the gradient is dense), AbsTopK by ``torch.topk`` + scatter, the projection by
   ``torch.topk`` on the flattened magnitudes + a scatter into the mask, ``torch.optim.AdamW``
@@ -70,13 +71,14 @@ class Block:
     fc1: nn.Module
     fc2: nn.Module
     abs_topk: object
+    gelu_abs_topk: object  # (h, k) -> abs_topk(gelu(h), k)
     optimizer: torch.optim.Optimizer
     project: object  # () -> None
     saved: dict = field(default_factory=dict)
 
     def forward(self, x: torch.Tensor, k_in: int, k_hidden: int) -> torch.Tensor:
         h = self.fc1(self.abs_topk(x, k_in))
-        h = self.abs_topk(F.gelu(h), k_hidden)
+        h = self.gelu_abs_topk(h, k_hidden)
         return self.abs_topk(self.fc2(h), k_in)
 
     def weights(self):
@@ -110,8 +112,9 @@ def build(d_model: int = 2048, d_hidden: int = 8192, density: float = 1 / 64, se
         for w, k in zip((pub1.weight, pub2.weight), counts):
             torch_project_(w, k, stable_ties)
 
-    ours = Block("sparsekern", ours1, ours2, sparsekern.abs_topk, ours_opt, projector.step)
-    published = Block("published", pub1, pub2, torch_abs_topk, pub_opt, pub_project)
+    ours = Block("sparsekern", ours1, ours2, sparsekern.abs_topk, sparsekern.gelu_abs_topk, ours_opt, projector.step)
+    published = Block("published", pub1, pub2, torch_abs_topk, lambda h, k: torch_abs_topk(F.gelu(h), k), pub_opt,
+                      pub_project)
     return ours, published
 
 

@@ -2,7 +2,8 @@
 
 Compiled for the baseline and for AVX2 and chosen at run time (``sparsekern.set_cpu_isa``; AVX-512
 machines run the AVX2 build: the passes are bound by memory and a scalar histogram). fp32,
-fp64, fp16 and bf16; rows dealt to torch's threads.
+fp64, fp16 and bf16; rows dealt to torch's threads. GELU then AbsTopK in one pass (the GELU by
+torch's own kernel, a chunk of rows at a time in L2), and its backward likewise.
 """
 
 import torch
@@ -32,3 +33,13 @@ class AbsTopKCpuBackend(Backend):
         if not grad.is_contiguous() or grad.shape != kept.shape:
             return torch.where(kept, grad, 0)
         return extension().abs_topk_backward_cpu(grad, kept)
+
+    def gelu_forward(self, x2d, k, approximate):
+        values = _out(x2d.shape, x2d)
+        kept = None if values is None else torch.ones(x2d.shape, dtype=torch.bool)
+        return extension().gelu_abs_topk_cpu(x2d, k, approximate, values, kept)
+
+    def gelu_backward(self, grad, x2d, kept, approximate):
+        if not grad.is_contiguous() or grad.shape != kept.shape:
+            grad = grad.reshape(kept.shape).contiguous()
+        return extension().gelu_abs_topk_backward_cpu(grad, x2d, kept, approximate)
