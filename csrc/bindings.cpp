@@ -548,10 +548,6 @@ void register_cpu_element(pybind11::module_& m) {
         pybind11::arg("x"), pybind11::arg("row_ptr"), pybind11::arg("col_idx"), pybind11::arg("out") = pybind11::none());
 }
 
-// AbsTopK activation (csrc/cpu/abs_topk.h): in every row of x, the k entries of largest
-// magnitude (NaN largest, ties to the lowest index) as (values, kept mask), both x-shaped;
-// sparsekern/activation/backends/cpu.py calls it. values_out / kept_out: outputs the caller
-// supplies (the tests' poisoned ones).
 // dst[i] = kept[i] ? src[i] : +0 for i in [begin, end), elements of `size` bytes (2, 4 or 8): bit
 // copies through an all-ones or all-zeros mask (+0 is all zeros), so no branch mispredicts on a
 // random quarter kept, and the loop vectorizes.
@@ -615,6 +611,10 @@ int64_t fused_rows(const Tensor& x) {
   return std::max<int64_t>(1, (int64_t{256} << 10) / std::max<int64_t>(1, x.size(1) * x.element_size()));
 }
 
+// AbsTopK activation (csrc/cpu/abs_topk.h): in every row of x, the k entries of largest
+// magnitude (NaN largest, ties to the lowest index) as (values, kept mask), both x-shaped;
+// sparsekern/activation/backends/cpu.py calls it. values_out / kept_out: outputs the caller
+// supplies (the tests' poisoned ones).
 void register_cpu_activation(pybind11::module_& m) {
   m.def(
       "abs_topk_cpu",
@@ -653,7 +653,8 @@ void register_cpu_activation(pybind11::module_& m) {
       },
       "grad where kept, +0 elsewhere (the backward of abs_topk_cpu)", pybind11::arg("grad"), pybind11::arg("kept"));
   // GELU then AbsTopK, a chunk of rows at a time: torch's own GELU (at::gelu_out, so the values
-  // are F.gelu's bit for bit) into a per-task buffer that stays in L2, then the select from it.
+  // are F.gelu's, bit for bit but in fp64's last bit) into a per-task buffer that stays in L2,
+  // then the select from it.
   // The GELU's output never reaches memory, and no fresh x-sized buffer pays its page faults.
   m.def(
       "gelu_abs_topk_cpu",

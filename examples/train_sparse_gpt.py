@@ -7,7 +7,8 @@ three ways in the same process, taking turns step by step on the same batches:
 1. ``sparsekern``: every linear layer a ``sparsekern.SparseLinear(dense_grad=True)``
    (``format="auto"``: dense ``F.linear`` while the layer is dense, the element kernels once
    it is sparse), ``sparsekern.Projector`` (element-wise top-k, per-neuron floor),
-   ``sparsekern.abs_topk``, fused ``torch.optim.AdamW``: the recipe done with the library.
+   ``sparsekern.abs_topk`` (``gelu_abs_topk`` after the MLP's GELU), fused ``torch.optim.AdamW``:
+   the recipe done with the library.
 2. ``published``: the way the published code trains (openai/circuit_sparsity): plain dense
    matmuls on masked weights (``MaskedLinear``: ``F.linear(x, weight * mask)`` with the dense
    weight gradient), the projection by ``torch.topk`` over the flattened ``|W|`` (the
@@ -15,8 +16,8 @@ three ways in the same process, taking turns step by step on the same batches:
    zeroed off it; AbsTopK by ``torch.topk`` + scatter; the default (non-fused)
    ``torch.optim.AdamW``. The same clip and learning-rate rule as 1.
 3. ``dense``: the same network without weight sparsity (``nn.Linear``, no projection), the
-   same AbsTopK sites (``sparsekern.abs_topk``), the same AdamW as 1, the clip, and the base
-   learning-rate schedule without the sharkfin factor.
+   same AbsTopK sites (``sparsekern.abs_topk``, ``gelu_abs_topk`` after the MLP's GELU), the
+   same AdamW as 1, the clip, and the base learning-rate schedule without the sharkfin factor.
 
 All three start from the same initial weights (one model built, deep-copied, converted)
 and draw the same batches (each run's own generator, seeded with ``--seed``). They take

@@ -15,7 +15,7 @@ from sparsekern._extension import extension
 from sparsekern.activation import GeluAbsTopK, gelu_abs_topk, ops, reference
 from sparsekern.activation.backends import REGISTRY
 
-from test_abs_topk import BACKENDS, CASES, COMPILED, LENGTHS, assert_bitwise, make
+from test_abs_topk import BACKENDS, CASES, COMPILED, LENGTHS, assert_bitwise, assert_compiles_fullgraph, make
 
 APPROXIMATE = ("none", "tanh")
 
@@ -128,21 +128,7 @@ def test_opcheck(backend):
 
 
 def test_compile_fullgraph_forward_and_backward():
-    torch._dynamo.reset()
-
-    def f(x, w):
-        return (gelu_abs_topk(x @ w, 5) * 2).sum(-1)
-
-    x = torch.randn(2, 3, 16, dtype=torch.float64, requires_grad=True)
-    w = torch.randn(16, 24, dtype=torch.float64, requires_grad=True)
-    eager = f(x, w)
-    eager_grads = torch.autograd.grad(eager.sum(), (x, w))
-    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
-    out = compiled(x, w)
-    grads = torch.autograd.grad(out.sum(), (x, w))
-    assert torch.equal(out, eager)
-    for a, b in zip(grads, eager_grads):
-        assert torch.allclose(a, b, rtol=1e-12, atol=1e-12)
+    assert_compiles_fullgraph(gelu_abs_topk, expected)
 
 
 def test_module():

@@ -48,12 +48,19 @@ class AbsTopKFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_values, grad_kept):
         (kept,) = ctx.saved_tensors
-        # A backend may have a faster pass of its own (the contract's optional ``backward``);
-        # not when the backward must itself be differentiable (create_graph) or traced.
-        fused = getattr(get_backend(ctx.backend), "backward", None)
-        if fused is not None and not torch.is_grad_enabled() and not torch.compiler.is_compiling():
+        fused = first_order_pass(ctx.backend, "backward")
+        if fused is not None:
             return fused(grad_values, kept), None, None
         return torch.where(kept, grad_values, 0), None, None
+
+
+def first_order_pass(backend: str, method: str):
+    """The backend's own backward pass ``method`` (an optional part of the contract), or None:
+    also None when the backward must itself be differentiable (create_graph) or is traced."""
+    fused = getattr(get_backend(backend), method, None)
+    if fused is None or torch.is_grad_enabled() or torch.compiler.is_compiling():
+        return None
+    return fused
 
 
 def _choose_backend(name, device, dtype) -> str:
@@ -91,6 +98,16 @@ def abs_topk(x: torch.Tensor, k: int, *, backend: str | None = None) -> torch.Te
     return values
 
 
+def check_module_args(k, backend) -> None:
+    """A module's ``k`` and ``backend`` (``k``'s upper bound is known at the first call)."""
+    if isinstance(k, bool) or not isinstance(k, int):
+        raise TypeError(f"k must be a Python int, got {type(k).__name__}")
+    if k < 0:
+        raise ValueError(f"k must be >= 0, got {k}")
+    if backend is not None and not isinstance(backend, str):
+        raise TypeError(f"backend must be a backend's name or None, got {type(backend).__name__}")
+
+
 class AbsTopK(torch.nn.Module):
     """``abs_topk(x, k)`` as a module (an activation): keeps each row's ``k`` largest magnitudes.
 
@@ -99,12 +116,7 @@ class AbsTopK(torch.nn.Module):
 
     def __init__(self, k: int, *, backend: str | None = None):
         super().__init__()
-        if isinstance(k, bool) or not isinstance(k, int):
-            raise TypeError(f"k must be a Python int, got {type(k).__name__}")
-        if k < 0:
-            raise ValueError(f"k must be >= 0, got {k}")
-        if backend is not None and not isinstance(backend, str):
-            raise TypeError(f"backend must be a backend's name or None, got {type(backend).__name__}")
+        check_module_args(k, backend)
         self.k = k
         self.backend = backend
 

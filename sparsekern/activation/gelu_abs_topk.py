@@ -4,13 +4,10 @@ weight-sparse transformers: ``GeluAbsTopKFunction`` (autograd), the functional
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from . import ops, reference
-from .abs_topk import _choose_backend, check_abs_topk_args
-from .backends import get_backend
+from .abs_topk import _choose_backend, check_abs_topk_args, check_module_args, first_order_pass
 
 APPROXIMATIONS = ("none", "tanh")  # F.gelu's
 
@@ -39,12 +36,10 @@ class GeluAbsTopKFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_values, grad_kept):
         x, kept = ctx.saved_tensors
-        # As in AbsTopKFunction: a backend's own pass for the first-order backward only.
-        fused = getattr(get_backend(ctx.backend), "gelu_backward", None)
-        if fused is not None and not torch.is_grad_enabled() and not torch.compiler.is_compiling():
-            rows = math.prod(x.shape[:-1])
-            dx = fused(grad_values.reshape(rows, x.shape[-1]), x.reshape(rows, x.shape[-1]).contiguous(),
-                       kept.reshape(rows, x.shape[-1]), ctx.approximate)
+        fused = first_order_pass(ctx.backend, "gelu_backward")
+        if fused is not None:
+            x2d = ops.as_rows(x)
+            dx = fused(grad_values.reshape(x2d.shape), x2d, kept.reshape(x2d.shape), ctx.approximate)
             return dx.view(x.shape), None, None, None
         return reference.gelu_abs_topk_backward(grad_values, x, kept, ctx.approximate), None, None, None
 
@@ -83,13 +78,8 @@ class GeluAbsTopK(torch.nn.Module):
 
     def __init__(self, k: int, *, approximate: str = "none", backend: str | None = None):
         super().__init__()
-        if isinstance(k, bool) or not isinstance(k, int):
-            raise TypeError(f"k must be a Python int, got {type(k).__name__}")
-        if k < 0:
-            raise ValueError(f"k must be >= 0, got {k}")
+        check_module_args(k, backend)
         _check_approximate(approximate)
-        if backend is not None and not isinstance(backend, str):
-            raise TypeError(f"backend must be a backend's name or None, got {type(backend).__name__}")
         self.k, self.approximate, self.backend = k, approximate, backend
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -16,17 +16,23 @@ from torch import Tensor
 from .backends import get_backend
 
 
+def as_rows(x: Tensor) -> Tensor:
+    """``x`` as the backends take it: contiguous 2-D rows of its last dimension."""
+    # The row count is explicit, as reshape(-1, 0) is ambiguous.
+    return x.reshape(math.prod(x.shape[:-1]), x.shape[-1]).contiguous()
+
+
+def _shaped(values: Tensor, kept: Tensor, shape) -> tuple[Tensor, Tensor]:
+    # Not .view: the outputs would be views of the backend's tensors, and a module returning a view
+    # makes FSDP2 warn at every forward. Nothing else holds them, so _unsafe_view is safe.
+    return torch.ops.aten._unsafe_view(values, shape), torch.ops.aten._unsafe_view(kept, shape)
+
+
 @torch.library.custom_op("sparsekern::abs_topk", mutates_args=())
 def abs_topk(x: Tensor, k: int, backend: str) -> tuple[Tensor, Tensor]:
     """``(values, kept)``, both x-shaped: each row's (last dimension's) ``k`` largest
     magnitudes, bit for bit, +0 elsewhere; ``kept`` the bool mask of them."""
-    n = x.shape[-1]
-    # Backends take contiguous 2-D rows; the row count is explicit, as reshape(-1, 0) is ambiguous.
-    x2d = x.reshape(math.prod(x.shape[:-1]), n).contiguous()
-    values, kept = get_backend(backend).forward(x2d, k)
-    # Not .view: the outputs would be views of the backend's tensors, and a module returning a view
-    # makes FSDP2 warn at every forward. Nothing else holds them, so _unsafe_view is safe.
-    return torch.ops.aten._unsafe_view(values, x.shape), torch.ops.aten._unsafe_view(kept, x.shape)
+    return _shaped(*get_backend(backend).forward(as_rows(x), k), x.shape)
 
 
 @abs_topk.register_fake
@@ -38,15 +44,10 @@ def _(x, k, backend):
 def gelu_abs_topk(x: Tensor, k: int, approximate: str, backend: str) -> tuple[Tensor, Tensor]:
     """``abs_topk(F.gelu(x, approximate=approximate), k)``: the backend's fused pass where it has
     one, else its AbsTopK of torch's GELU."""
-    n = x.shape[-1]
-    x2d = x.reshape(math.prod(x.shape[:-1]), n).contiguous()
-    chosen = get_backend(backend)
-    fused = getattr(chosen, "gelu_forward", None)
-    if fused is not None:
-        values, kept = fused(x2d, k, approximate)
-    else:
-        values, kept = chosen.forward(F.gelu(x2d, approximate=approximate), k)
-    return torch.ops.aten._unsafe_view(values, x.shape), torch.ops.aten._unsafe_view(kept, x.shape)
+    x2d, chosen = as_rows(x), get_backend(backend)
+    if hasattr(chosen, "gelu_forward"):
+        return _shaped(*chosen.gelu_forward(x2d, k, approximate), x.shape)
+    return _shaped(*chosen.forward(F.gelu(x2d, approximate=approximate), k), x.shape)
 
 
 @gelu_abs_topk.register_fake

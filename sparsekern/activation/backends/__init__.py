@@ -17,9 +17,10 @@ to; block sides do not apply):
 ``backward(grad[rows, n], kept) -> grad where kept, +0 elsewhere`` (optional; else ``torch.where``)
     A faster pass for the first-order backward, bit for bit ``torch.where``'s result.
 ``gelu_forward(x2d, k, approximate) -> (values, kept)`` (optional; else ``forward(F.gelu(x2d), k)``)
-    ``forward`` of ``F.gelu(x2d, approximate=approximate)`` in one pass, bit for bit the same.
+    ``forward`` of ``F.gelu(x2d, approximate=approximate)`` in one pass, the same bit for bit
+    (float64: within the last bit of the GELU, which torch's own kernel does not hold fixed).
 ``gelu_backward(grad, x2d, kept, approximate) -> where(kept, gelu_backward(grad, x2d), 0)`` (optional)
-    Bit for bit ``reference.gelu_abs_topk_backward``'s result.
+    ``reference.gelu_abs_topk_backward``'s result, as exactly.
 """
 
 from ...backend import ENV_VAR, Registry

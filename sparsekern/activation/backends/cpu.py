@@ -40,6 +40,4 @@ class AbsTopKCpuBackend(Backend):
         return extension().gelu_abs_topk_cpu(x2d, k, approximate, values, kept)
 
     def gelu_backward(self, grad, x2d, kept, approximate):
-        if not grad.is_contiguous() or grad.shape != kept.shape:
-            grad = grad.reshape(kept.shape).contiguous()
-        return extension().gelu_abs_topk_backward_cpu(grad, x2d, kept, approximate)
+        return extension().gelu_abs_topk_backward_cpu(grad.contiguous(), x2d, kept, approximate)
