@@ -78,7 +78,7 @@ bench-peers: $(VENV)/.deps
 
 # The end-to-end example at its default size: the published weight-sparse recipe trained three ways
 # (sparsekern, the published masked-dense way, dense) taking turns, 4 layers of d_model 512 at
-# density 1/64; 4.5 minutes on 2 idle CPU cores (DEMO_ARGS to change it). Results go to examples/out/.
+# density 1/64; about 6 minutes on 2 idle CPU cores (DEMO_ARGS to change it). Results go to examples/out/.
 demo: install
 	$(PY) examples/train_sparse_gpt.py $(DEMO_ARGS)
 

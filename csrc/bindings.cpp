@@ -530,6 +530,27 @@ Tensor esmm_sparse_operand_grad_weight_cpu(const Tensor& grad_out, const Tensor&
   return dw;
 }
 
+Tensor esmm_sparse_operand_matmul_cpu(const Tensor& a, const Tensor& b, bool b_transposed,
+                                      const std::optional<Tensor>& out, int64_t chunk_rows, int64_t s_block) {
+  check_dense_operand(a, "a");
+  check_dense_operand(b, "b");
+  const int64_t r_dim = a.size(1), b_rows = b_transposed ? b.size(1) : b.size(0);
+  TORCH_CHECK_VALUE(b_rows == r_dim, "a's columns and b", b_transposed ? "'s columns" : "'s rows",
+                    " must match (a @ b", b_transposed ? ".T" : "", "), got ", r_dim, " and ", b_rows);
+  TORCH_CHECK_VALUE(chunk_rows >= 0 && chunk_rows <= 4096, "chunk_rows must be in [0, 4096] (0: chosen), got ",
+                    chunk_rows);
+  TORCH_CHECK_VALUE(s_block >= 0 && s_block <= 65536, "s_block must be in [0, 65536] (0: chosen), got ",
+                    s_block);
+  const int64_t t_dim = a.size(0), d_dim = b_transposed ? b.size(0) : b.size(1);
+  check_no_overlap(out, "out", {{"a", a}, {"b", b}});
+  Tensor result = output(out, {t_dim, d_dim}, a);
+  cpu::SparseOperandMatmul p{a.data_ptr<float>(), leading_dim(a), b.data_ptr<float>(), leading_dim(b), t_dim, r_dim,
+                             d_dim, b_transposed, result.data_ptr<float>(),
+                             at::in_parallel_region() ? 1 : at::get_num_threads(), chunk_rows, s_block};
+  TORCH_CHECK(cpu::esmm_sparse_operand_matmul(p, torch_parallel_for), "sparsekern cpu: out of memory for scratch buffers");
+  return result;
+}
+
 void register_cpu_element(pybind11::module_& m) {
   m.def("operand_stats_cpu", &operand_stats_cpu, "(nonzeros, all finite) of a 2-D float32 CPU tensor",
         pybind11::arg("t"));
@@ -537,6 +558,10 @@ void register_cpu_element(pybind11::module_& m) {
         "dW = grad_out.T @ x walking the nonzeros of x (sparse_input) or of grad_out (CPU)",
         pybind11::arg("grad_out"), pybind11::arg("x"), pybind11::arg("sparse_input"),
         pybind11::arg("out") = pybind11::none(), pybind11::arg("chunk_rows") = 0, pybind11::arg("s_block") = 0);
+  m.def("esmm_sparse_operand_matmul_cpu", &esmm_sparse_operand_matmul_cpu,
+        "a @ b (a @ b.T when b_transposed) walking the nonzeros of a (CPU)", pybind11::arg("a"), pybind11::arg("b"),
+        pybind11::arg("b_transposed"), pybind11::arg("out") = pybind11::none(), pybind11::arg("chunk_rows") = 0,
+        pybind11::arg("s_block") = 0);
   m.def("esmm_forward_cpu", &esmm_forward_cpu, "y = x @ W.T + bias over W's listed nonzeros (CPU)",
         pybind11::arg("x"), pybind11::arg("weight"), pybind11::arg("bias"), pybind11::arg("row_ptr"),
         pybind11::arg("col_idx"), pybind11::arg("out") = pybind11::none());

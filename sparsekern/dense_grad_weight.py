@@ -31,12 +31,17 @@ from ._extension import extension
 SIDES = ("dense", "input", "grad_out")
 
 # Time of the sparse-operand product relative to the dense one, for the walked side's density d
-# (nonzeros / entries) and its column count c (the running sums of more columns cost a little
-# cache): per_density * d * (1 + c / column_scale) + floor. Fitted on the 2-core AMD EPYC (AVX2,
-# 512 KiB L2), 2048 tokens, 2 threads, against MKL's product: 0.21x dense time at d = 0.1, 0.42x
-# at 1/4, 0.71x at 1/2, 1.1x at 3/4 (walking 2048 columns; 8192 within 10-25% of that).
+# (nonzeros / entries), its column count c (the running sums of more columns cost a little
+# cache) and the dense side's column count e (the listing, a pass over the walked side, is paid
+# once whatever e is, so it weighs more against a narrow product):
+# per_density * d * (1 + c / column_scale) + listing_columns / e + floor. Fitted on the 2-core AMD
+# EPYC (AVX2, 512 KiB L2), 2048 tokens, 2 threads, against MKL's product: 0.21x dense time at
+# d = 0.1, 0.42x at 1/4, 0.71x at 1/2, 1.1x at 3/4 (walking 2048 columns; 8192 within 10-25% of
+# that); the listing term on the 2-core Xeon (AVX-512) at d = 1/4: 1.16x dense with 512 dense
+# columns, 0.72x with 2048, 0.6x with 8192 (the forward pass and input gradient alike).
 _PER_DENSITY = 1.35
 _COLUMN_SCALE = 20000.0
+_LISTING_COLUMNS = 400.0
 _FLOOR = 0.05
 # Below this many multiply-adds the dense product is cheap enough that a pass to measure the
 # operands is not worth making.
@@ -51,9 +56,11 @@ def _walkable(grad_out: Tensor, x: Tensor) -> bool:
             and grad_out.shape[0] * grad_out.shape[1] * x.shape[1] >= _MIN_WORK)
 
 
-def modelled_cost(density: float, columns: int) -> float:
-    """Modelled time of walking a side of ``density`` with ``columns`` columns, relative to dense."""
-    return _PER_DENSITY * density * (1.0 + columns / _COLUMN_SCALE) + _FLOOR
+def modelled_cost(density: float, columns: int, dense_columns: int) -> float:
+    """Modelled time of walking a side of ``density`` with ``columns`` columns against a dense side
+    of ``dense_columns`` columns, relative to the dense product."""
+    return (_PER_DENSITY * density * (1.0 + columns / _COLUMN_SCALE) + _LISTING_COLUMNS / max(dense_columns, 1)
+            + _FLOOR)
 
 
 def choose_side(grad_out: Tensor, x: Tensor) -> str:
@@ -70,9 +77,9 @@ def _choose(grad_out: Tensor, x: Tensor) -> str:
     nnz_g, finite_g = ext.operand_stats_cpu(grad_out)
     costs = {"dense": 1.0}
     if finite_g and x.numel():
-        costs["input"] = modelled_cost(nnz_x / x.numel(), x.shape[1])
+        costs["input"] = modelled_cost(nnz_x / x.numel(), x.shape[1], grad_out.shape[1])
     if finite_x and grad_out.numel():
-        costs["grad_out"] = modelled_cost(nnz_g / grad_out.numel(), grad_out.shape[1])
+        costs["grad_out"] = modelled_cost(nnz_g / grad_out.numel(), grad_out.shape[1], x.shape[1])
     return min(costs, key=costs.get)
 
 

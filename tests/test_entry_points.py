@@ -99,6 +99,13 @@ def _empty_cases_of(g, m, n, k, full, dtype):
         for sparse_input in (False, True):  # the sparse-operand kernel, forced to each side
             yield (f"esmm_sparse_operand_grad_weight_cpu sparse_input={sparse_input} {shape}",
                    lambda s=sparse_input: (ext.esmm_sparse_operand_grad_weight_cpu(dy, x, s), exact))
+        for transpose_b in (False, True):  # a @ b walking a: x @ w.T, dy @ w
+            a, b = (x, w) if transpose_b else (dy, w)
+            want = (a.double() @ (b.double().t() if transpose_b else b.double())).to(dtype)
+            yield (f"esmm_sparse_operand_matmul_cpu transpose_b={transpose_b} {shape}",
+                   lambda a=a, b=b, t=transpose_b, want=want: (ext.esmm_sparse_operand_matmul_cpu(a, b, t), want))
+            yield (f"sparse_operand_mm transpose_b={transpose_b} {shape}",
+                   lambda a=a, b=b, t=transpose_b, want=want: (ops.sparse_operand_mm(a, b, t), want))
         yield f"operand_stats_cpu {shape}", lambda: (torch.tensor(ext.operand_stats_cpu(x)),
                                                     torch.tensor((int(torch.count_nonzero(x)), True)))
     # AbsTopK on the rows of x, k = 0 and k = n; its backward.

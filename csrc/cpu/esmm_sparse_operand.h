@@ -1,8 +1,8 @@
 // The dense weight gradient dW = dy.T @ x of a layer whose input x or output gradient dy is
-// mostly exact zeros (activation sparsity: AbsTopK, ReLU): the sparse side is listed by chunk of
-// rows and walked, the other side read densely in panels that sit in L1, so it costs what the
-// sparse side's nonzeros cost (esmm_sparse_operand_kernels.h). Torch-free; csrc/bindings.cpp
-// checks and calls.
+// mostly exact zeros (activation sparsity: AbsTopK, ReLU), and the dense products x @ W.T and
+// dy @ W of such a layer: the sparse side is listed by chunk of rows and walked, the other side
+// read densely in panels that sit in L1, so it costs what the sparse side's nonzeros cost
+// (esmm_sparse_operand_kernels.h). Torch-free; csrc/bindings.cpp checks and calls.
 #pragma once
 
 #include <stdint.h>
@@ -29,23 +29,26 @@ struct SparseOperandEntry {
   float value;
 };
 
-// The nonzeros of a sparse operand [rows, cols], chunk of rows by chunk (chunk_rows each, the
+// The nonzeros of a sparse operand S [rows, cols], chunk of rows by chunk (chunk_rows each, the
 // last one short), column by column within a chunk, rows ascending: those of chunk q and
-// column s are entries[ptr[q * cols + s] .. ptr[q * cols + s + 1]).
+// column s are entries[ptr[q * cols + s] .. ptr[q * cols + s + 1]). S is a matrix in memory or
+// the transpose of one (the products below: a layer's input is S transposed).
 struct SparseOperandListing {
   int64_t rows, cols, chunk_rows, chunks;
   const int64_t* ptr;  // [chunks * cols + 1]
   const SparseOperandEntry* entries;
 };
 
-// out(s, d) = sum_r S[r, s] D[r, d] for S listed (listing) and D [rows, d_cols] dense (fp32, rows
-// contiguous); out[s * ld_out + d], or out[d * ld_out + s] when out_transposed. Every element of
+// out(s, d) = sum_r S[r, s] D[r, d] for S listed (listing) and D [rows, d_cols] dense (fp32):
+// D[r, d] = dense[r * ld_dense + d], or dense[d * ld_dense + r] when dense_transposed;
+// out[s * ld_out + d], or out[d * ld_out + s] when out_transposed. Every element of
 // out is written. The columns of S in blocks of s_block (running sums kept in L2); work dealt to
 // `workers` workers, each with sparse_operand_scratch_per_worker floats of scratch (64-byte aligned).
 struct SparseOperandProduct {
   SparseOperandListing listing;
   const float* dense;
   int64_t ld_dense, d_cols;
+  bool dense_transposed;
   float* out;
   int64_t ld_out;
   bool out_transposed;
@@ -72,6 +75,24 @@ struct SparseOperandGradWeight {
   int64_t chunk_rows = 0, s_block = 0;
 };
 bool esmm_sparse_operand_grad_weight(const SparseOperandGradWeight& p, ParallelFor parallel_for);
+
+// out[t, d] = sum_r a[t, r] b'[r, d], b' = b [r_dim, d_dim] or, when b_transposed, the transpose
+// of b [d_dim, r_dim] (fp32, rows contiguous; out's leading dimension d_dim), walking the nonzeros
+// of a [t_dim, r_dim]: the forward pass (a = x, b = W transposed) and the input gradient (a = dy,
+// b = W) of a dense layer whose input, or output gradient, is mostly exact zeros. chunk_rows and
+// s_block as above. Every element of out is written. False when scratch could not be allocated.
+struct SparseOperandMatmul {
+  const float* a;
+  int64_t lda;
+  const float* b;
+  int64_t ldb;
+  int64_t t_dim, r_dim, d_dim;
+  bool b_transposed;
+  float* out;
+  int64_t threads;
+  int64_t chunk_rows = 0, s_block = 0;
+};
+bool esmm_sparse_operand_matmul(const SparseOperandMatmul& p, ParallelFor parallel_for);
 
 }  // namespace cpu
 }  // namespace sparsekern

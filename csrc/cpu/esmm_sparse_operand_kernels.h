@@ -1,4 +1,5 @@
-// The kernel of the weight gradient with a sparse operand (esmm_sparse_operand.h), written once and
+// The kernel of the products with a sparse operand (esmm_sparse_operand.h: the dense weight gradient,
+// and the dense format's forward pass and input gradient), written once and
 // compiled once per instruction set (esmm_sparse_operand_portable.cpp, _avx2.cpp, _avx512.cpp; the
 // rules of such a unit are in bsmm_kernels.h).
 //
@@ -30,6 +31,20 @@ inline int64_t lesser(int64_t a, int64_t b) { return a < b ? a : b; }
 inline void copy_panel(const SparseOperandProduct& p, int64_t r0, int64_t rows, int64_t d0, int64_t cols,
                        float* panel) {
   constexpr int64_t W = SPARSE_OPERAND_PANEL_COLS;
+  if (p.dense_transposed) {  // D[r, d] = dense[d, r]: VL x VL register transposes where whole
+    const float* src = p.dense + d0 * p.ld_dense + r0;
+    int64_t r = 0;
+    if (cols == W)
+      for (; r + VL <= rows; r += VL)
+        for (int64_t v = 0; v < kPanelVectors; ++v)
+          transpose_tile(src + v * VL * p.ld_dense + r, p.ld_dense, panel + r * W + v * VL, W);
+    for (; r < rows; ++r) {
+      float* dst = panel + r * W;
+      for (int64_t c = 0; c < cols; ++c) dst[c] = src[c * p.ld_dense + r];
+      for (int64_t c = cols; c < W; ++c) dst[c] = 0.f;
+    }
+    return;
+  }
   for (int64_t r = 0; r < rows; ++r) {
     const float* src = p.dense + (r0 + r) * p.ld_dense + d0;
     float* dst = panel + r * W;

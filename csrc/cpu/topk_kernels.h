@@ -31,9 +31,13 @@ constexpr int64_t kBins = 1 << 16;
 // radix select, whose every chunk needs its own histograms, uses at most kRadixChunks.
 constexpr int64_t kMinChunkElements = 1 << 18;
 constexpr int64_t kRadixChunks = 16;
-// The bracket pass: from this many entries on, with a sample of kSample keys.
+// The bracket pass: from this many entries on, with a sample of one key in kSampleStride, at
+// least kMinSample and at most kMaxSample keys. Sampling and ranking the sample cost about as
+// much per key as the pass itself costs per 16 entries, so a fixed 65536-key sample doubled the
+// select of a 1M-entry weight; the bracket a smaller sample gives is wider, and its keys are
+// collected from L1 in the same pass.
 constexpr int64_t kBracketMinElements = 1 << 18;
-constexpr int64_t kSample = 1 << 16;
+constexpr int64_t kSampleStride = 64, kMinSample = 1 << 12, kMaxSample = 1 << 16;
 
 // Counters. A histogram bin may hold every entry of a chunk, and a chunk may be the whole
 // matrix (one row of 2^32 entries or more, an 8 GiB bf16 weight): bins are 64-bit. The hot
@@ -227,17 +231,25 @@ bool bracket_pass(const typename K::Bits* p, const uint8_t* forced, int64_t begi
 template <class K, bool kForcedMask>
 void sample_bracket(const typename K::Bits* p, const uint8_t* forced, int64_t n, int64_t k, uint32_t* lo,
                     uint32_t* hi) {
-  std::vector<uint32_t> sample(kSample);
-  for (int64_t s = 0; s < kSample; ++s) sample[s] = key_at<K, kForcedMask>(p, forced, s * n / kSample);
-  const double rank = static_cast<double>(k) * kSample / n;  // of the k-th largest, 1-based
-  const double spread = 4.0 * std::sqrt(rank * (1.0 - rank / kSample)) + 16.0;
+  const int64_t size = std::min(kMaxSample, std::max(kMinSample, n / kSampleStride));
+  std::vector<uint32_t> sample(size);
+  for (int64_t s = 0; s < size; ++s) sample[s] = key_at<K, kForcedMask>(p, forced, s * n / size);
+  const double rank = static_cast<double>(k) * size / n;  // of the k-th largest, 1-based
+  const double spread = 4.0 * std::sqrt(rank * (1.0 - rank / size)) + 16.0;
   const int64_t r_hi = static_cast<int64_t>(rank - spread), r_lo = static_cast<int64_t>(rank + spread);
+  // The r_hi-th largest first; the r_lo-th (r_lo > r_hi) is then among the keys after it.
+  auto from = sample.begin();
   auto largest = [&](int64_t r) {  // the r-th largest sample key (1-based)
-    std::nth_element(sample.begin(), sample.begin() + (r - 1), sample.end(), std::greater<uint32_t>());
+    std::nth_element(from, sample.begin() + (r - 1), sample.end(), std::greater<uint32_t>());
     return sample[r - 1];
   };
-  *hi = r_hi >= 1 ? largest(r_hi) : 0xffffffffu;
-  *lo = r_lo <= kSample ? largest(r_lo) : 0u;
+  if (r_hi >= 1) {
+    *hi = largest(r_hi);
+    from = sample.begin() + r_hi;
+  } else {
+    *hi = 0xffffffffu;
+  }
+  *lo = r_lo <= size ? largest(r_lo) : 0u;
 }
 
 // Writes the plan for cutoff key `cutoff` with `above` keys greater than it and

@@ -3,7 +3,9 @@ steps of a schedule) where the sparse kernels would cost more than dense.
 
 It computes what the sparse formats compute: entries outside the layout count as zero
 whatever they hold (NaN included), ``dW`` is zero outside the layout unless
-``dense_weight_grad``. Pure torch, every device and dtype.
+``dense_weight_grad``. Torch's products on every device and dtype; on the CPU in fp32 the
+forward and the input gradient walk the zeros of a sparse input or output gradient where that
+pays (``sparse_operand_mm.py``), as the dense weight gradient does (``dense_grad_weight.py``).
 """
 
 from __future__ import annotations
@@ -15,7 +17,16 @@ from .._checks import check_linear_args
 from .._linear import autocast_args as _autocast, linear_backward, output_of_shape
 from ..block.layout import BlockLayout
 from ..element.layout import ElementLayout
+from ..sparse_operand_mm import sparse_operand_mm, walkable
 from .layout import MaskLayout
+
+
+def _times_masked(a: torch.Tensor, masked: torch.Tensor, transpose: bool) -> torch.Tensor:
+    """``a @ masked.T`` (the forward) or ``a @ masked`` (the input gradient), walking the zeros
+    of ``a`` where it pays (AbsTopK before the layer, or after it: ``sparse_operand_mm.py``)."""
+    if not torch.is_grad_enabled() and walkable(a, masked):  # create_graph: the op has no derivative
+        return sparse_operand_mm(a, masked, transpose)
+    return a @ (masked.t() if transpose else masked)
 
 
 class MaskedLinearFunction(torch.autograd.Function):
@@ -23,7 +34,11 @@ class MaskedLinearFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(x, weight, bias, mask, dense_weight_grad):
-        return F.linear(x, torch.where(mask, weight, 0), bias)
+        masked = torch.where(mask, weight, 0)
+        if not walkable(x, masked):
+            return F.linear(x, masked, bias)
+        y = _times_masked(x, masked, True)
+        return y if bias is None else y.add_(bias)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -37,7 +52,7 @@ class MaskedLinearFunction(torch.autograd.Function):
         x, weight, mask = ctx.saved_tensors
         dx, dw, db = linear_backward(
             ctx, grad_out, x,
-            lambda g: g @ torch.where(mask, weight, 0),
+            lambda g: _times_masked(g, torch.where(mask, weight, 0), False),
             lambda g: torch.where(mask, g.t() @ x, 0))
         return dx, dw, db, None, None
 
