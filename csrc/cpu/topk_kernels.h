@@ -32,10 +32,10 @@ constexpr int64_t kBins = 1 << 16;
 constexpr int64_t kMinChunkElements = 1 << 18;
 constexpr int64_t kRadixChunks = 16;
 // The bracket pass: from this many entries on, with a sample of one key in kSampleStride, at
-// least kMinSample and at most kMaxSample keys. Sampling and ranking the sample cost about as
-// much per key as the pass itself costs per 16 entries, so a fixed 65536-key sample doubled the
-// select of a 1M-entry weight; the bracket a smaller sample gives is wider, and its keys are
-// collected from L1 in the same pass.
+// least kMinSample and at most kMaxSample keys. A fixed 65536-key sample read every cache line of
+// a 1M-entry weight and ranked 65536 keys twice, more than the pass itself (a 512 x 512 select,
+// one thread: 0.99 ms with it, 0.67 ms with this rule, on a loaded 2-core Xeon); the wider bracket
+// of a smaller sample costs little, its keys being collected from L1 in the same pass.
 constexpr int64_t kBracketMinElements = 1 << 18;
 constexpr int64_t kSampleStride = 64, kMinSample = 1 << 12, kMaxSample = 1 << 16;
 
