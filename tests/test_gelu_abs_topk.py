@@ -21,14 +21,16 @@ APPROXIMATE = ("none", "tanh")
 
 
 def assert_same_up_to_nan_bits(actual, want, what):
-    """Equal bit for bit, but for NaNs' payloads and signs, and in float64 for the last bit:
-    torch's float64 GELU derivative differs by that between its vector loop and the scalar one
-    it runs on a tail, and where the tails fall depends on how a tensor is cut into chunks."""
+    """Equal bit for bit, but for NaNs' payloads and signs, and in float64 and float32 for the
+    last bit: torch's GELU derivative differs by that between its vector loop and the scalar one
+    it runs on a tail (float64 everywhere; float32's tanh form with AVX-512, seen on a Xeon), and
+    where the tails fall depends on how a tensor is cut into chunks. About 2 ulp each."""
     nan = torch.isnan(want)
     assert torch.equal(torch.isnan(actual), nan), what
     a, w = torch.where(nan, 0, actual), torch.where(nan, 0, want)
-    if actual.dtype == torch.float64:
-        torch.testing.assert_close(a, w, rtol=4e-16, atol=0)
+    if actual.dtype in (torch.float64, torch.float32):
+        rtol = 4e-16 if actual.dtype == torch.float64 else 2.4e-7
+        torch.testing.assert_close(a, w, rtol=rtol, atol=0)
     else:
         assert_bitwise(a, w, what)
 
@@ -94,10 +96,13 @@ def test_gradient(backend, dtype):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_an_unkept_infinity_gets_a_zero_gradient(backend):
     # The two calls give 0 * gelu'(inf) = NaN there; the fused op's gradient is 0 off the kept.
+    # torch's GELU of -inf is NaN, and of +inf NaN too on some CPUs (AVX-512) but +inf on others:
+    # either way k = 1 keeps a NaN at one infinity, so the other is an unkept infinity.
     x = torch.tensor([[float("inf"), 5.0, 4.0, -float("inf")]], requires_grad=True)
     (dx,) = torch.autograd.grad(gelu_abs_topk(x, 1, backend=backend), x, torch.ones(1, 4))
-    assert torch.equal(expected(x.detach(), 1)[1], torch.tensor([[False, False, False, True]]))  # gelu(-inf) is NaN
-    assert dx[0, 0] == 0 and dx[0, 1] == 0 and dx[0, 2] == 0
+    kept = expected(x.detach(), 1)[1][0]
+    assert kept.sum() == 1 and (kept[0] or kept[3])
+    assert torch.equal(dx[0][~kept], torch.zeros(3))
 
 
 @pytest.mark.skipif(not COMPILED, reason="the compiled extension is not built")

@@ -57,7 +57,9 @@ def gelu_abs_topk(x: torch.Tensor, k: int, *, approximate: str = "none", backend
     ``approximate``: ``"none"`` (erf) or ``"tanh"``, as in ``F.gelu``.
 
     Gradient: ``dx = where(kept, gelu_backward(grad, x), 0)``. This equals the gradient of the
-    two calls except at an unkept +-Inf, where theirs is NaN (``0 * gelu'(inf)``) and this one 0.
+    two calls except at an unkept +-Inf, where theirs is NaN (``0 * gelu'(inf)``) and this one 0
+    (and on the CPU within the last bit where torch's own derivative varies between its vector loop
+    and its tails: float64, and float32's tanh form with AVX-512).
 
     Backends: ``"cpu"`` fuses the two; the others (``"cuda"``, ``"triton"``, ``"reference"``)
     run torch's GELU and then their AbsTopK.

@@ -20,7 +20,9 @@ to; block sides do not apply):
     ``forward`` of ``F.gelu(x2d, approximate=approximate)`` in one pass, the same bit for bit
     (float64: within the last bit of the GELU, which torch's own kernel does not hold fixed).
 ``gelu_backward(grad, x2d, kept, approximate) -> where(kept, gelu_backward(grad, x2d), 0)`` (optional)
-    ``reference.gelu_abs_topk_backward``'s result, as exactly.
+    ``reference.gelu_abs_topk_backward``'s result, as exactly (but for the last bit where torch's
+    own GELU derivative varies between its vector loop and its tails: float64, and float32's tanh
+    form with AVX-512).
 """
 
 from ...backend import ENV_VAR, Registry
