@@ -11,6 +11,7 @@
 #include <ATen/ops/empty.h>
 #include <ATen/ops/gelu.h>
 #include <ATen/ops/gelu_backward.h>
+#include <ATen/ops/mm.h>
 #include <c10/core/Allocator.h>
 #include <c10/util/Exception.h>
 #include <torch/csrc/utils/pybind.h>
@@ -502,15 +503,24 @@ void check_dense_operand(const Tensor& t, const char* name) {
   TORCH_CHECK_VALUE(t.size(0) < (int64_t{1} << 31), name, " has too many rows for int32 row indices");
 }
 
-std::tuple<int64_t, bool> operand_stats_cpu(const Tensor& t) {
+std::tuple<int64_t, bool> operand_stats_cpu(const Tensor& t, int64_t row_step) {
   check_dense_operand(t, "t");
-  const cpu::OperandStats s =
-      cpu::operand_stats(t.data_ptr<float>(), t.size(0), t.size(1), leading_dim(t), torch_parallel_for);
+  TORCH_CHECK_VALUE(row_step >= 1, "row_step must be at least 1, got ", row_step);
+  const cpu::OperandStats s = cpu::operand_stats(t.data_ptr<float>(), t.size(0), t.size(1), leading_dim(t),
+                                                 row_step, torch_parallel_for);
   return {s.nnz, s.finite};
 }
 
+// The status of a product with a sparse operand; false when its dense side was not finite (the
+// caller then runs the dense product).
+bool sparse_operand_done(cpu::SparseOperandStatus status) {
+  TORCH_CHECK(status != cpu::SparseOperandStatus::kNoMemory, "sparsekern cpu: out of memory for scratch buffers");
+  return status == cpu::SparseOperandStatus::kOk;
+}
+
 Tensor esmm_sparse_operand_grad_weight_cpu(const Tensor& grad_out, const Tensor& x, bool sparse_input,
-                                           const std::optional<Tensor>& out, int64_t chunk_rows, int64_t s_block) {
+                                           const std::optional<Tensor>& out, int64_t chunk_rows, int64_t s_block,
+                                           bool dense_if_not_finite) {
   check_dense_operand(grad_out, "grad_out");
   check_dense_operand(x, "x");
   TORCH_CHECK_VALUE(grad_out.size(0) == x.size(0), "grad_out and x must have the same rows, got ", grad_out.size(0),
@@ -524,14 +534,16 @@ Tensor esmm_sparse_operand_grad_weight_cpu(const Tensor& grad_out, const Tensor&
   Tensor dw = output(out, {n, k}, x);
   cpu::SparseOperandGradWeight p{grad_out.data_ptr<float>(), leading_dim(grad_out), x.data_ptr<float>(),
                                  leading_dim(x), m, n, k, sparse_input, dw.data_ptr<float>(),
-                                 at::in_parallel_region() ? 1 : at::get_num_threads(), chunk_rows, s_block};
-  TORCH_CHECK(cpu::esmm_sparse_operand_grad_weight(p, torch_parallel_for),
-              "sparsekern cpu: out of memory for scratch buffers");
+                                 at::in_parallel_region() ? 1 : at::get_num_threads(), chunk_rows, s_block,
+                                 dense_if_not_finite};
+  if (!sparse_operand_done(cpu::esmm_sparse_operand_grad_weight(p, torch_parallel_for)))
+    at::mm_out(dw, grad_out.t(), x);  // an Inf or NaN on the dense side: the dense product's NaNs
   return dw;
 }
 
 Tensor esmm_sparse_operand_matmul_cpu(const Tensor& a, const Tensor& b, bool b_transposed,
-                                      const std::optional<Tensor>& out, int64_t chunk_rows, int64_t s_block) {
+                                      const std::optional<Tensor>& out, int64_t chunk_rows, int64_t s_block,
+                                      bool dense_if_not_finite) {
   check_dense_operand(a, "a");
   check_dense_operand(b, "b");
   const int64_t r_dim = a.size(1), b_rows = b_transposed ? b.size(1) : b.size(0);
@@ -546,22 +558,28 @@ Tensor esmm_sparse_operand_matmul_cpu(const Tensor& a, const Tensor& b, bool b_t
   Tensor result = output(out, {t_dim, d_dim}, a);
   cpu::SparseOperandMatmul p{a.data_ptr<float>(), leading_dim(a), b.data_ptr<float>(), leading_dim(b), t_dim, r_dim,
                              d_dim, b_transposed, result.data_ptr<float>(),
-                             at::in_parallel_region() ? 1 : at::get_num_threads(), chunk_rows, s_block};
-  TORCH_CHECK(cpu::esmm_sparse_operand_matmul(p, torch_parallel_for), "sparsekern cpu: out of memory for scratch buffers");
+                             at::in_parallel_region() ? 1 : at::get_num_threads(), chunk_rows, s_block,
+                             dense_if_not_finite};
+  if (!sparse_operand_done(cpu::esmm_sparse_operand_matmul(p, torch_parallel_for)))
+    at::mm_out(result, a, b_transposed ? b.t() : b);  // an Inf or NaN in b: the dense product's NaNs
   return result;
 }
 
 void register_cpu_element(pybind11::module_& m) {
-  m.def("operand_stats_cpu", &operand_stats_cpu, "(nonzeros, all finite) of a 2-D float32 CPU tensor",
-        pybind11::arg("t"));
+  m.def("operand_stats_cpu", &operand_stats_cpu,
+        "(nonzeros, all finite) of rows 0, row_step, 2 row_step, ... of a 2-D float32 CPU tensor", pybind11::arg("t"),
+        pybind11::arg("row_step") = 1);
   m.def("esmm_sparse_operand_grad_weight_cpu", &esmm_sparse_operand_grad_weight_cpu,
-        "dW = grad_out.T @ x walking the nonzeros of x (sparse_input) or of grad_out (CPU)",
+        "dW = grad_out.T @ x walking the nonzeros of x (sparse_input) or of grad_out (CPU); dense_if_not_finite: "
+        "the dense product instead when the other side holds an Inf or NaN",
         pybind11::arg("grad_out"), pybind11::arg("x"), pybind11::arg("sparse_input"),
-        pybind11::arg("out") = pybind11::none(), pybind11::arg("chunk_rows") = 0, pybind11::arg("s_block") = 0);
+        pybind11::arg("out") = pybind11::none(), pybind11::arg("chunk_rows") = 0, pybind11::arg("s_block") = 0,
+        pybind11::arg("dense_if_not_finite") = false);
   m.def("esmm_sparse_operand_matmul_cpu", &esmm_sparse_operand_matmul_cpu,
-        "a @ b (a @ b.T when b_transposed) walking the nonzeros of a (CPU)", pybind11::arg("a"), pybind11::arg("b"),
-        pybind11::arg("b_transposed"), pybind11::arg("out") = pybind11::none(), pybind11::arg("chunk_rows") = 0,
-        pybind11::arg("s_block") = 0);
+        "a @ b (a @ b.T when b_transposed) walking the nonzeros of a (CPU); dense_if_not_finite: the dense product "
+        "instead when b holds an Inf or NaN",
+        pybind11::arg("a"), pybind11::arg("b"), pybind11::arg("b_transposed"), pybind11::arg("out") = pybind11::none(),
+        pybind11::arg("chunk_rows") = 0, pybind11::arg("s_block") = 0, pybind11::arg("dense_if_not_finite") = false);
   m.def("esmm_forward_cpu", &esmm_forward_cpu, "y = x @ W.T + bias over W's listed nonzeros (CPU)",
         pybind11::arg("x"), pybind11::arg("weight"), pybind11::arg("bias"), pybind11::arg("row_ptr"),
         pybind11::arg("col_idx"), pybind11::arg("out") = pybind11::none());

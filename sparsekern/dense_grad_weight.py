@@ -10,12 +10,14 @@ the same sum as the dense product's (fp32 accumulation, in another order: within
 tolerance, not bitwise). Only one side's zeros can be skipped at the vector unit's rate: skipping
 the other side's too would take a scatter per product, slower than the dense product's FMAs.
 
-Which side, if any, is decided per call by one pass over both operands (``operand_stats_cpu``:
-their nonzeros, and whether they are finite) and the cost model below; a dense input takes
-``grad_out.T @ x`` as before. Skipping zeros changes the result only where a skipped zero meets
-an Inf or NaN of the other side (``0 * inf`` is NaN in the dense product), so a side is walked
-sparsely only when the other side is finite. Elsewhere (CUDA, where tensor-core dense wins at
-these densities; bf16 and fp16; no compiled extension) the dense product runs.
+Which side, if any, is decided per call from a sample of each operand's rows (``operand_stats``:
+the nonzeros of one row in 16, at least 128 rows; a sixteenth of a pass) and the cost model below;
+a dense input takes ``grad_out.T @ x`` as before. Skipping zeros changes the result only where a
+skipped zero meets an Inf or NaN of the other side (``0 * inf`` is NaN in the dense product): the
+kernel checks the side it reads densely as it copies it into its panels (every entry passes through
+one), and when it finds an Inf or NaN the dense product runs instead. Elsewhere (CUDA, where
+tensor-core dense wins at these densities; bf16 and fp16; no compiled extension) the dense
+product runs.
 
 The operator ``torch.ops.sparsekern.dense_grad_weight`` (with a fake implementation) keeps the
 data-dependent choice out of ``torch.compile``'s graph.
@@ -31,21 +33,23 @@ from ._extension import extension
 SIDES = ("dense", "input", "grad_out")
 
 # Time of the sparse-operand product relative to the dense one, for the walked side's density d
-# (nonzeros / entries), its column count c (the running sums of more columns cost a little
-# cache) and the dense side's column count e (the listing, a pass over the walked side, is paid
-# once whatever e is, so it weighs more against a narrow product):
-# per_density * d * (1 + c / column_scale) + listing_columns / e + floor. Fitted on the 2-core AMD
-# EPYC (AVX2, 512 KiB L2), 2048 tokens, 2 threads, against MKL's product: 0.21x dense time at
-# d = 0.1, 0.42x at 1/4, 0.71x at 1/2, 1.1x at 3/4 (walking 2048 columns; 8192 within 10-25% of
-# that); the listing term on the 2-core Xeon (AVX-512) at d = 1/4: 1.16x dense with 512 dense
-# columns, 0.72x with 2048, 0.6x with 8192 (the forward pass and input gradient alike).
+# (nonzeros / entries) and the dense side's column count e: per_density * d + listing / e + floor.
+# The listing, a pass over the walked side, is paid once whatever e is, so it weighs more against a
+# narrow product; in the weight gradient it reads the walked side's rows as they lie, in the forward
+# pass and input gradient (sparse_operand_mm) pieces of a's rows, as its transpose. Fitted against
+# MKL's product at 2048 tokens, 2 threads, walking 2048 or 8192 columns (alike within the noise):
+# the weight gradient on the 2-core AMD EPYC (AVX2, 512 KiB L2) at d = 1/4, 0.78-0.86x dense time
+# with 512 dense columns, 0.50-0.54x with 2048, 0.38-0.42x with 8192 (and 0.21x at d = 0.1, 0.71x at
+# 1/2, 1.1x at 3/4); the transposed listing on the 2-core Xeon (AVX-512) at d = 1/4, 1.16x with 512,
+# 0.72x with 2048, 0.6x with 8192.
 _PER_DENSITY = 1.35
-_COLUMN_SCALE = 20000.0
-_LISTING_COLUMNS = 400.0
+LISTING_COLUMNS = {"rows": 200.0, "transposed": 400.0}
 _FLOOR = 0.05
 # Below this many multiply-adds the dense product is cheap enough that a pass to measure the
 # operands is not worth making.
 _MIN_WORK = 1 << 24
+# The choice reads every row_step-th row of an operand, row_step = rows // _SAMPLE_ROWS (at least 1).
+_SAMPLE_ROWS = 128
 
 
 def _walkable(grad_out: Tensor, x: Tensor) -> bool:
@@ -56,11 +60,11 @@ def _walkable(grad_out: Tensor, x: Tensor) -> bool:
             and grad_out.shape[0] * grad_out.shape[1] * x.shape[1] >= _MIN_WORK)
 
 
-def modelled_cost(density: float, columns: int, dense_columns: int) -> float:
-    """Modelled time of walking a side of ``density`` with ``columns`` columns against a dense side
-    of ``dense_columns`` columns, relative to the dense product."""
-    return (_PER_DENSITY * density * (1.0 + columns / _COLUMN_SCALE) + _LISTING_COLUMNS / max(dense_columns, 1)
-            + _FLOOR)
+def modelled_cost(density: float, dense_columns: int, listing: str = "rows") -> float:
+    """Modelled time of walking a side of ``density`` against a dense side of ``dense_columns``
+    columns, relative to the dense product; ``listing``: ``"rows"`` (the weight gradient) or
+    ``"transposed"`` (``sparse_operand_mm``)."""
+    return _PER_DENSITY * density + LISTING_COLUMNS[listing] / max(dense_columns, 1) + _FLOOR
 
 
 def choose_side(grad_out: Tensor, x: Tensor) -> str:
@@ -70,16 +74,21 @@ def choose_side(grad_out: Tensor, x: Tensor) -> str:
     return _choose(_rows(grad_out), _rows(x))
 
 
+def sampled_density(t: Tensor) -> float:
+    """The fraction of nonzeros of a walkable operand (fp32 CPU, rows contiguous), from every
+    ``rows // 128``-th row: what the choice needs, at a fraction of a pass. 1.0 when empty."""
+    step = max(1, t.shape[0] // _SAMPLE_ROWS)
+    seen = -(-t.shape[0] // step) * t.shape[1]
+    return extension().operand_stats_cpu(t, step)[0] / seen if seen else 1.0
+
+
 def _choose(grad_out: Tensor, x: Tensor) -> str:
-    """``choose_side`` for walkable operands with contiguous rows: one pass over each."""
-    ext = extension()
-    nnz_x, finite_x = ext.operand_stats_cpu(x)
-    nnz_g, finite_g = ext.operand_stats_cpu(grad_out)
+    """``choose_side`` for walkable operands with contiguous rows: a sample of each."""
     costs = {"dense": 1.0}
-    if finite_g and x.numel():
-        costs["input"] = modelled_cost(nnz_x / x.numel(), x.shape[1], grad_out.shape[1])
-    if finite_x and grad_out.numel():
-        costs["grad_out"] = modelled_cost(nnz_g / grad_out.numel(), grad_out.shape[1], x.shape[1])
+    if x.numel():
+        costs["input"] = modelled_cost(sampled_density(x), grad_out.shape[1])
+    if grad_out.numel():
+        costs["grad_out"] = modelled_cost(sampled_density(grad_out), x.shape[1])
     return min(costs, key=costs.get)
 
 
@@ -93,11 +102,12 @@ def grad_weight(grad_out: Tensor, x: Tensor, side: str | None = None) -> Tensor:
     (``"input"``: x, ``"grad_out"``, ``"dense"``: neither); ``None`` chooses (``choose_side``).
     A forced sparse side needs what the CPU kernel needs (fp32 CPU tensors, the extension) and
     skips that side's zeros whatever the other side holds: where the other side has an Inf or
-    NaN, the NaNs of ``0 * inf`` that the dense product has are not produced (``None`` never
-    walks a side then)."""
+    NaN, the NaNs of ``0 * inf`` that the dense product has are not produced (with ``None`` the
+    dense product runs then)."""
     if side is not None and side not in SIDES:
         raise ValueError(f"side must be one of {SIDES} or None, got {side!r}")
-    if side is None:
+    chosen = side is None
+    if chosen:
         if not _walkable(grad_out, x):
             return grad_out.t() @ x
         grad_out, x = _rows(grad_out), _rows(x)  # once, for the measurement and the product
@@ -107,7 +117,8 @@ def grad_weight(grad_out: Tensor, x: Tensor, side: str | None = None) -> Tensor:
     ext = extension()
     if ext is None or not hasattr(ext, "esmm_sparse_operand_grad_weight_cpu"):
         raise RuntimeError(f"side={side!r} needs the compiled extension sparsekern._C")
-    return ext.esmm_sparse_operand_grad_weight_cpu(_rows(grad_out), _rows(x), side == "input")
+    return ext.esmm_sparse_operand_grad_weight_cpu(_rows(grad_out), _rows(x), side == "input",
+                                                   dense_if_not_finite=chosen)
 
 
 @torch.library.custom_op("sparsekern::dense_grad_weight", mutates_args=())

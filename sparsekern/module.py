@@ -15,7 +15,7 @@ from .formats import FORMATS, check_format, choose_format, entry_count, layout_f
 from .block.layout import (BlockLayout, block_grid, blockwise_any, check_density, count_for_density,
                            expand_block_mask, normalize_block_size)
 from .linear import sparse_linear
-from .mask_bits import pack_mask, unpack_mask  # noqa: F401  (re-exported)
+from .mask_bits import pack_entries, pack_mask, unpack_mask  # noqa: F401  (re-exported)
 from .projection.reference import block_norms, top_blocks  # noqa: F401  (re-exported)
 from .projection.topk_project import GRANULARITIES, is_dtensor, prepare_projection
 
@@ -199,7 +199,13 @@ class SparseLinear(nn.Module):
         self._sparsity, self._whole_blocks = sparsity, whole
         self._layout = layout_for(self._format, sparsity, blocks=whole)
         self._dense_mask = self._layout.to_mask() if self._format == "dense" else None
-        self._write_layout_mask(None if self.weight.is_meta else pack_mask(self._mask()))
+        self._write_layout_mask(None if self.weight.is_meta else self._packed_layout())
+
+    def _packed_layout(self) -> torch.Tensor:
+        """The adopted layout as ``pack_mask`` bits; from the element index where there is one."""
+        if isinstance(self._layout, ElementLayout):
+            return pack_entries(self._layout.shape, self._layout.row_ptr, self._layout.col_idx)
+        return pack_mask(self._mask())
 
     def _write_layout_mask(self, bits: torch.Tensor | None) -> None:
         """Store ``bits`` (the adopted layout, packed; None on a meta layer) in the ``layout_mask``

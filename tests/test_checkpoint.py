@@ -105,6 +105,38 @@ def test_pack_mask_every_byte_at_every_position_and_odd_widths():
     assert torch.equal(unpack_mask(pack_mask(offset), 8), offset)
 
 
+def test_pack_entries_is_pack_mask_of_the_index():
+    from sparsekern import ElementLayout
+    from sparsekern.mask_bits import pack_entries
+
+    torch.manual_seed(3)
+    masks = [torch.rand(shape) < p for shape in ((9, 1), (7, 9), (33, 65), (64, 128)) for p in (0.0, 0.05, 0.5, 1.0)]
+    for rows, cols in ((0, 12), (3, 0)):  # no layout has these; the bits are still the mask's
+        no_entries = torch.zeros(0, dtype=torch.int32)
+        packed = pack_entries((rows, cols), torch.zeros(rows + 1, dtype=torch.int32), no_entries)
+        assert torch.equal(packed, pack_mask(torch.zeros(rows, cols, dtype=torch.bool)))
+    rows_apart = torch.rand(16, 40) < 0.3
+    rows_apart[3] = False  # a row without entries between rows with some
+    rows_apart[5] = True  # a full row
+    masks.append(rows_apart)
+    for mask in masks:
+        layout = ElementLayout(mask)
+        packed = pack_entries(mask.shape, layout.row_ptr, layout.col_idx)
+        assert packed.dtype == torch.uint8 and packed.shape == pack_mask(mask).shape
+        assert torch.equal(packed, pack_mask(mask)), mask.shape
+    # int64 pointers (what a layout past 2^31 entries carries) give the same bits.
+    layout = ElementLayout(rows_apart)
+    assert torch.equal(pack_entries(rows_apart.shape, layout.row_ptr.long(), layout.col_idx), pack_mask(rows_apart))
+
+
+def test_layout_mask_buffer_of_an_element_layer_after_projection_is_its_entries():
+    torch.manual_seed(4)
+    layer = SparseLinear(72, 40, density=0.5, format="element")
+    layer.project_(0.07, granularity="element")
+    assert torch.equal(layer.layout_mask, pack_mask(layer.layout.to_mask()))
+    assert torch.equal(layer.layout_mask, pack_mask(layer.weight != 0))
+
+
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_dense_linear_state_dict_loads_without_missing_keys_and_layout_is_its_nonzeros(fmt):
     torch.manual_seed(2)

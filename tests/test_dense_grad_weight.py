@@ -201,17 +201,20 @@ def test_choice_follows_the_sparser_side():
 
 
 def test_a_skipped_zero_never_meets_inf_or_nan():
-    # 0 * inf is NaN in the dense product: the side whose zeros would be skipped is walked only
-    # when the other side is finite, so auto gives the dense product's NaNs exactly.
+    # 0 * inf is NaN in the dense product: the kernel checks the side it reads densely and, when
+    # it holds an Inf or NaN, the dense product runs instead, so auto gives its NaNs exactly.
     g = torch.Generator().manual_seed(1)
     grad_out = sparse_rows(2048, 1024, 0.05, g)
     x = sparse_rows(2048, 1024, 1.0, g)
     x[5, 7] = float("inf")
     x[9, 3] = float("nan")
-    assert gw.choose_side(grad_out, x) == "dense"
+    assert gw.choose_side(grad_out, x) == "grad_out"  # chosen by the nonzeros; x's Inf found while walking
     out = gw.dense_grad_weight(grad_out, x)
     ref = grad_out.t() @ x
     assert torch.equal(out.isnan(), ref.isnan()) and out.isnan().any()
+    torch.testing.assert_close(out, ref, rtol=0, atol=0, equal_nan=True)  # the dense product itself
+    forced = gw.grad_weight(grad_out, x, "grad_out")  # forced: x's zeros met by nothing are skipped
+    assert forced.isnan().sum() < ref.isnan().sum()
     # An Inf on the walked side itself is walked: its products are the dense product's.
     x = sparse_rows(2048, 1024, 0.05, g)
     x[5, 7] = float("inf")
@@ -220,6 +223,34 @@ def test_a_skipped_zero_never_meets_inf_or_nan():
     out = gw.dense_grad_weight(dense_g, x)
     ref = dense_g.t() @ x
     assert torch.equal(out.isnan(), ref.isnan()) and torch.equal(out.isinf(), ref.isinf())
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("side", ["input", "grad_out"])
+def test_an_inf_anywhere_on_the_dense_side_is_found(isa, side):
+    # Every entry of the side read densely reaches a panel or the check of a chunk without a
+    # nonzero, on every instruction set: the first and last rows, a chunk the walked side skips,
+    # the first, a whole and the partial last panel.
+    if ISAS.index(isa) > ISAS.index(extension().cpu_best_isa()):
+        pytest.skip(f"this CPU does not support {isa}")
+    previous = sparsekern.set_cpu_isa(isa)
+    try:
+        g = torch.Generator().manual_seed(4)
+        walked = sparse_rows(203, 90, 0.2, g)
+        walked[48:64] = 0  # chunk 3 of 16 rows without a nonzero
+        for row in (0, 202, 50):
+            for col in (0, 69, 156):
+                dense = torch.randn(203, 157, generator=g)
+                dense[row, col] = float("-inf") if col else float("nan")
+                grad_out, x = (dense, walked) if side == "input" else (walked, dense)
+                ref = grad_out.t() @ x
+                out = torch.full(ref.shape, 1.0)
+                extension().esmm_sparse_operand_grad_weight_cpu(grad_out, x, side == "input", out=out, chunk_rows=16,
+                                                                s_block=64, dense_if_not_finite=True)
+                torch.testing.assert_close(out, ref, rtol=0, atol=0, equal_nan=True)
+                assert out.isnan().any()
+    finally:
+        sparsekern.set_cpu_isa(previous)
 
 
 def test_sparse_linear_dense_grad_uses_it_and_matches_dense():
@@ -266,6 +297,18 @@ def test_operand_stats():
     assert extension().operand_stats_cpu(torch.ones(5, 7)) == (35, True)
     assert extension().operand_stats_cpu(torch.tensor([[float("-inf"), 1.0]])) == (2, False)
     assert extension().operand_stats_cpu(torch.zeros(0, 4)) == (0, True)
+    # A sample: rows 0, 3, 6 of 7 (row 4's NaN unseen).
+    rows = torch.zeros(7, 5)
+    rows[0, :2], rows[3, :1], rows[4, :] = 1.0, 2.0, float("nan")
+    rows[6] = 3.0
+    assert extension().operand_stats_cpu(rows, 3) == (8, True)
+    assert extension().operand_stats_cpu(rows, 1) == (13, False)
+    assert extension().operand_stats_cpu(rows, 100) == (2, True)
+    with pytest.raises(ValueError, match="row_step"):
+        extension().operand_stats_cpu(rows, 0)
+    assert gw.sampled_density(torch.zeros(0, 4)) == 1.0
+    sparse = abs_topk(torch.randn(2048, 512), 128)
+    assert gw.sampled_density(sparse) == 0.25  # AbsTopK: every row alike
 
 
 def test_element_forward_with_no_reduction_writes_the_bias():

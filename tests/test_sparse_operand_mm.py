@@ -131,22 +131,54 @@ def test_choice():
 
 
 def test_a_skipped_zero_never_meets_inf_or_nan():
-    # 0 * inf is NaN in the dense product: a is walked only when b is finite, so the choice
-    # gives the dense product's NaNs exactly.
+    # 0 * inf is NaN in the dense product: where b holds an Inf or NaN the kernel finds it in its
+    # panels and the dense product runs instead, so the choice gives the dense product's NaNs exactly.
     g = torch.Generator().manual_seed(1)
     a = sparse_rows(2048, 1024, 0.1, g)
     b = torch.randn(2048, 1024, generator=g)
     b[5, 7] = float("inf")
     b[9, 3] = float("nan")
-    assert not som.walks(a, b, True)
+    assert som.walks(a, b, True)  # chosen by a's nonzeros; b's Inf is found while walking
     out, ref = som.sparse_operand_mm(a, b, True), a @ b.t()
     assert torch.equal(out.isnan(), ref.isnan()) and out.isnan().any()
+    torch.testing.assert_close(out, ref, rtol=0, atol=0, equal_nan=True)  # the dense product itself
+    # Forced, the walk skips a's zeros whatever b holds (documented): fewer NaNs than the dense product.
+    forced = som.matmul(a, b, True, walk=True)
+    assert forced.isnan().sum() < ref.isnan().sum()
     # An Inf or NaN of a itself is walked: its products are the dense product's.
     b = torch.randn(2048, 1024, generator=g)
     a[5, 7], a[6, 8] = float("inf"), float("nan")
     assert som.walks(a, b, True)
     out, ref = som.sparse_operand_mm(a, b, True), a @ b.t()
     assert torch.equal(out.isnan(), ref.isnan()) and torch.equal(out.isinf(), ref.isinf())
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("transpose_b", TRANSPOSES)
+@pytest.mark.parametrize("where", ["first", "last", "chunk without nonzeros"])
+def test_an_inf_anywhere_in_b_is_found(isa, transpose_b, where):
+    # Every entry of b reaches a panel or the check of a chunk that has no nonzero, on every
+    # instruction set, in the whole and the partial panels and the transposed reads.
+    if ISAS.index(isa) > ISAS.index(extension().cpu_best_isa()):
+        pytest.skip(f"this CPU does not support {isa}")
+    previous = sparsekern.set_cpu_isa(isa)
+    try:
+        g = torch.Generator().manual_seed(3)
+        a = sparse_rows(150, 203, 0.2, g)
+        a[:, 48:64] = 0  # chunk 3 of the reduction (chunk_rows 16: rows 48 to 63 of b) without a nonzero
+        b_rows = {"first": 0, "last": 202, "chunk without nonzeros": 50}[where]
+        for b_col in (0, 69, 156):  # the first panel, a whole one, the partial last one
+            b = torch.randn(203, 157, generator=g)  # b' [203, 157]
+            b[b_rows, b_col] = float("inf")
+            b = b.t().contiguous() if transpose_b else b
+            ref = a @ (b.t() if transpose_b else b)
+            out = torch.full(ref.shape, 1.0)
+            extension().esmm_sparse_operand_matmul_cpu(a, b, transpose_b, out=out, chunk_rows=16, s_block=64,
+                                                       dense_if_not_finite=True)
+            torch.testing.assert_close(out, ref, rtol=0, atol=0, equal_nan=True)
+            assert out.isnan().any()
+    finally:
+        sparsekern.set_cpu_isa(previous)
 
 
 @pytest.mark.parametrize("bias", [False, True])

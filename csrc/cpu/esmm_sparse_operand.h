@@ -7,6 +7,8 @@
 
 #include <stdint.h>
 
+#include <atomic>
+
 #include "bsmm_cpu.h"  // ParallelFor
 
 // Columns of the dense side per panel (every instruction set: 8 AVX2, 4 AVX-512 vectors).
@@ -15,13 +17,21 @@
 namespace sparsekern {
 namespace cpu {
 
-// a[rows, cols] (fp32, rows contiguous, leading dimension lda): how many entries are nonzero
-// (NaN counts) and whether every entry is finite. One pass, in parallel.
+// Rows 0, row_step, 2 row_step, ... of a[rows, cols] (fp32, rows contiguous, leading dimension
+// lda): how many entries are nonzero (NaN counts) and whether every entry is finite. One pass
+// over those rows, in parallel (row_step > 1: a sample, to choose a product by).
 struct OperandStats {
   int64_t nnz;
   bool finite;
 };
-OperandStats operand_stats(const float* a, int64_t rows, int64_t cols, int64_t lda, ParallelFor parallel_for);
+OperandStats operand_stats(const float* a, int64_t rows, int64_t cols, int64_t lda, int64_t row_step,
+                           ParallelFor parallel_for);
+
+// What a product with a sparse operand came to: done; no scratch could be allocated (nothing
+// written); or, when asked to check, the dense side holds an Inf or NaN, which a skipped zero of
+// the sparse side would have met (0 * inf is NaN in the dense product: out is then partly written,
+// and the caller runs the dense product instead).
+enum class SparseOperandStatus { kOk, kNoMemory, kDenseNotFinite };
 
 // One listed nonzero: its row within its chunk of rows, and its value.
 struct SparseOperandEntry {
@@ -44,6 +54,8 @@ struct SparseOperandListing {
 // out[s * ld_out + d], or out[d * ld_out + s] when out_transposed. Every element of
 // out is written. The columns of S in blocks of s_block (running sums kept in L2); work dealt to
 // `workers` workers, each with sparse_operand_scratch_per_worker floats of scratch (64-byte aligned).
+// dense_not_finite, when not null, is set if any entry of D is an Inf or NaN (every entry of D is
+// read into some panel, or checked where its chunk has no nonzero); the work then stops early.
 struct SparseOperandProduct {
   SparseOperandListing listing;
   const float* dense;
@@ -54,6 +66,7 @@ struct SparseOperandProduct {
   bool out_transposed;
   int64_t s_block, workers;
   float* scratch;
+  std::atomic<bool>* dense_not_finite;
 };
 inline int64_t sparse_operand_scratch_per_worker(int64_t chunk_rows, int64_t s_block) {
   return (chunk_rows + s_block) * SPARSE_OPERAND_PANEL_COLS;
@@ -62,7 +75,8 @@ inline int64_t sparse_operand_scratch_per_worker(int64_t chunk_rows, int64_t s_b
 // dw[n, k] = sum_m dy[m, n] x[m, k] (fp32, rows contiguous; dw's leading dimension k), walking
 // the nonzeros of x (sparse_input) or of dy. chunk_rows, s_block: 0 for the launcher's choice
 // (a panel of L1's size, running sums of half of L2's), else forced (tests, tuning). Every
-// element of dw is written. False when scratch could not be allocated (nothing written then).
+// element of dw is written when the status is kOk. check_finite: report kDenseNotFinite when the
+// side read densely holds an Inf or NaN (else its zeros are skipped whatever the other side holds).
 struct SparseOperandGradWeight {
   const float* dy;
   int64_t ldd;
@@ -73,14 +87,15 @@ struct SparseOperandGradWeight {
   float* dw;
   int64_t threads;
   int64_t chunk_rows = 0, s_block = 0;
+  bool check_finite = false;
 };
-bool esmm_sparse_operand_grad_weight(const SparseOperandGradWeight& p, ParallelFor parallel_for);
+SparseOperandStatus esmm_sparse_operand_grad_weight(const SparseOperandGradWeight& p, ParallelFor parallel_for);
 
 // out[t, d] = sum_r a[t, r] b'[r, d], b' = b [r_dim, d_dim] or, when b_transposed, the transpose
 // of b [d_dim, r_dim] (fp32, rows contiguous; out's leading dimension d_dim), walking the nonzeros
 // of a [t_dim, r_dim]: the forward pass (a = x, b = W transposed) and the input gradient (a = dy,
 // b = W) of a dense layer whose input, or output gradient, is mostly exact zeros. chunk_rows and
-// s_block as above. Every element of out is written. False when scratch could not be allocated.
+// s_block, check_finite and the status as above (b is the side read densely).
 struct SparseOperandMatmul {
   const float* a;
   int64_t lda;
@@ -91,8 +106,9 @@ struct SparseOperandMatmul {
   float* out;
   int64_t threads;
   int64_t chunk_rows = 0, s_block = 0;
+  bool check_finite = false;
 };
-bool esmm_sparse_operand_matmul(const SparseOperandMatmul& p, ParallelFor parallel_for);
+SparseOperandStatus esmm_sparse_operand_matmul(const SparseOperandMatmul& p, ParallelFor parallel_for);
 
 }  // namespace cpu
 }  // namespace sparsekern

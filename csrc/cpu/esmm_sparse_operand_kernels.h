@@ -57,6 +57,15 @@ inline void copy_panel(const SparseOperandProduct& p, int64_t r0, int64_t rows, 
   }
 }
 
+// Whether the panel's rows [0, rows) are all finite (x * 0 is 0 for finite x, NaN for Inf and
+// NaN; the padding columns are zeros). A pass over a panel in L1.
+inline bool panel_finite(const float* panel, int64_t rows) {
+  Vec check = vzero();
+  const Vec zero = vzero();
+  for (int64_t i = 0; i < rows * kPanelVectors; ++i) check = vfma(vload(panel + i * VL), zero, check);
+  return vsum(check) == 0.f;
+}
+
 // sums[W] += the column's nonzeros [j, j1) of one chunk times their panel rows. S sets of
 // accumulators take turns by nonzero so that at least 8 FMA chains are in flight (an FMA's
 // latency times the FMAs a core starts per cycle).
@@ -116,8 +125,14 @@ void product_item(const SparseOperandProduct& p, int64_t t, int64_t b, float* pa
   for (int64_t q = 0; q < l.chunks; ++q) {
     const int64_t r0 = q * l.chunk_rows, rows = lesser(l.chunk_rows, l.rows - r0);
     const int64_t* ptr = l.ptr + q * l.cols;
-    if (ptr[s0] == ptr[s1]) continue;  // no nonzero of these columns in this chunk
+    const bool empty = ptr[s0] == ptr[s1];  // no nonzero of these columns in this chunk
+    if (empty && p.dense_not_finite == nullptr) continue;
     copy_panel(p, r0, rows, d0, cols, panel);
+    if (p.dense_not_finite != nullptr && !panel_finite(panel, rows)) {
+      p.dense_not_finite->store(true, std::memory_order_relaxed);
+      return;  // the caller runs the dense product: out need not be written
+    }
+    if (empty) continue;
     for (int64_t s = s0; s < s1; ++s)
       if (ptr[s] < ptr[s + 1]) accumulate(l.entries, ptr[s], ptr[s + 1], panel, sums + (s - s0) * W);
   }
@@ -137,8 +152,10 @@ void workers_task(void* ctx, int64_t begin, int64_t end) {
   for (int64_t w = begin; w < end; ++w) {
     float* panel = p.scratch + w * sparse_operand_scratch_per_worker(p.listing.chunk_rows, p.s_block);
     float* sums = panel + p.listing.chunk_rows * W;
-    for (int64_t item = w; item < c.tiles * c.blocks; item += p.workers)
+    for (int64_t item = w; item < c.tiles * c.blocks; item += p.workers) {
+      if (p.dense_not_finite != nullptr && p.dense_not_finite->load(std::memory_order_relaxed)) return;
       product_item(p, item / c.blocks, item % c.blocks, panel, sums);
+    }
   }
 }
 
