@@ -37,13 +37,15 @@ def pack_entries(shape, row_ptr: torch.Tensor, col_idx: torch.Tensor) -> torch.T
     """``pack_mask`` of the entries of a row-major index (``ElementLayout``'s ``row_ptr``,
     ``col_idx``: columns ascending within a row, none twice) without the ``[rows, cols]`` bool
     mask: a pass over the nonzeros and the packed bytes only (a layer adopts a layout after every
-    projection; at 1/64 of 8192 x 2048 this takes about a tenth of the mask's time). Any device."""
+    projection; at 1/64 of 8192 x 2048 this takes about a tenth of the mask's time). Any device.
+    Each entry must be listed once (an ``ElementLayout``'s index is): its bit is added, not or-ed."""
     rows, cols = shape
     width = math.ceil(cols / 8)
     packed = torch.zeros(rows * width, dtype=torch.uint8, device=col_idx.device)
     if col_idx.numel():
         counts = row_ptr[1:] - row_ptr[:-1]
-        row_of = torch.repeat_interleave(torch.arange(rows, device=col_idx.device), counts.long())
+        row_of = torch.repeat_interleave(torch.arange(rows, device=col_idx.device), counts.long(),
+                                         output_size=col_idx.numel())  # no device sync for the size
         col = col_idx.long()
         # Each entry is its own bit of its byte, so the sum of a byte's bits is their OR.
         packed.index_add_(0, row_of * width + (col >> 3), torch.bitwise_left_shift(1, col & 7).to(torch.uint8))

@@ -167,7 +167,7 @@ def test_an_inf_anywhere_in_b_is_found(isa, transpose_b, where):
         a = sparse_rows(150, 203, 0.2, g)
         a[:, 48:64] = 0  # chunk 3 of the reduction (chunk_rows 16: rows 48 to 63 of b) without a nonzero
         b_rows = {"first": 0, "last": 202, "chunk without nonzeros": 50}[where]
-        for b_col in (0, 69, 156):  # the first panel, a whole one, the partial last one
+        for b_col in (0, 63, 69, 127, 156):  # both ends of the first and of a whole panel, the partial last one
             b = torch.randn(203, 157, generator=g)  # b' [203, 157]
             b[b_rows, b_col] = float("inf")
             b = b.t().contiguous() if transpose_b else b

@@ -32,6 +32,12 @@ namespace {
 inline bool nonzero(float v) { return v != 0.f; }
 // The same of a float's bits, in integer ops (no NaN-aware compare): any bit but the sign.
 inline bool nonzero_bits(uint32_t bits) { return (bits & 0x7fffffffu) != 0; }
+// The bits of the float at p (a copy, not a cast: the compiler makes it one load).
+inline uint32_t float_bits(const float* p) {
+  uint32_t bits;
+  std::memcpy(&bits, p, sizeof(bits));
+  return bits;
+}
 
 struct StatsTask {
   const float* a;
@@ -105,8 +111,8 @@ void count_task(void* ctx, int64_t begin, int64_t end) {
         const int64_t ahead = s0 + kAheadCols < l.cols ? kAheadCols : 0;  // see kAheadCols
         for (int64_t r = b0; r < b1; ++r) {
           __builtin_prefetch(c.a + r * c.lda + s0 + ahead);
-          const uint32_t* row = reinterpret_cast<const uint32_t*>(c.a + r * c.lda + s0);
-          for (int64_t j = 0; j < group; ++j) count[j] += nonzero_bits(row[j]);
+          const float* row = c.a + r * c.lda + s0;
+          for (int64_t j = 0; j < group; ++j) count[j] += nonzero_bits(float_bits(row + j));
         }
         for (int64_t j = 0; j < group; ++j) counts[s0 + j] += count[j];
       }
@@ -114,20 +120,24 @@ void count_task(void* ctx, int64_t begin, int64_t end) {
   }
 }
 
-// The entry of row r (within its chunk) and value v as one 8-byte word, stored with one store:
-// the value's bits are its upper half (fill_group relies on it).
-inline uint64_t entry_word(int64_t r, float v) {
-  const SparseOperandEntry e{static_cast<int32_t>(r), v};
-  uint64_t word;
-  std::memcpy(&word, &e, sizeof(word));
-  return word;
+// An entry as one 8-byte word, written with one store: the row within its chunk in the lower
+// half, the value's bits in the upper (SparseOperandEntry's layout on a little-endian CPU).
+static_assert(sizeof(SparseOperandEntry) == 8 && offsetof(SparseOperandEntry, value) == 4,
+              "an entry is a row and a value, in that order");
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "the listing's entry words assume a little-endian CPU"
+#endif
+inline uint64_t entry_word(int64_t r, uint32_t value_bits) {
+  return static_cast<uint64_t>(value_bits) << 32 | static_cast<uint32_t>(r);
 }
-static_assert(offsetof(SparseOperandEntry, value) == 4, "the value is an entry's upper half");
+inline void store_entry(SparseOperandEntry* entries, int64_t at, uint64_t word) {
+  std::memcpy(entries + at, &word, sizeof(word));
+}
 
-// Bit j of the result: whether bits[j] (a float's) is nonzero, j < kListGroup.
-inline unsigned nonzero_mask(const uint32_t* bits) {
+// Bit j of the result: whether row[j] is nonzero, j < kListGroup.
+inline unsigned nonzero_mask(const float* row) {
   unsigned mask = 0;
-  for (int64_t j = 0; j < kListGroup; ++j) mask |= static_cast<unsigned>(nonzero_bits(bits[j])) << j;
+  for (int64_t j = 0; j < kListGroup; ++j) mask |= static_cast<unsigned>(nonzero_bits(float_bits(row + j))) << j;
   return mask;
 }
 
@@ -143,8 +153,6 @@ constexpr int64_t kSpareSlots = kBranchFree;
 
 void fill_group(const float* a, int64_t lda, int64_t r0, int64_t b0, int64_t b1, int64_t group, int64_t ahead,
                 int64_t* next, int64_t spare, SparseOperandEntry* entries) {
-  static_assert(sizeof(SparseOperandEntry) == sizeof(uint64_t), "an entry is one word");
-  uint64_t* words = reinterpret_cast<uint64_t*>(entries);
   // slot[kListGroup] is read, never written, for "no nonzero left" (the spare slots), and
   // slot[kListGroup + 1] written, never read: no store waits on another through memory there.
   int64_t slot[kListGroup + 2];
@@ -152,12 +160,12 @@ void fill_group(const float* a, int64_t lda, int64_t r0, int64_t b0, int64_t b1,
   slot[kListGroup] = spare;
   for (int64_t r = b0; r < b1; ++r) {
     __builtin_prefetch(a + r * lda + ahead);  // see kAheadCols
-    const uint32_t* row = reinterpret_cast<const uint32_t*>(a + r * lda);
-    const uint64_t within = entry_word(r - r0, 0.f);  // the row's half of every entry word
+    const float* row = a + r * lda;
     if (group < kListGroup) {
       for (int64_t j = 0; j < group; ++j) {
-        const bool keep = nonzero_bits(row[j]);
-        words[keep ? slot[j] : spare] = within | static_cast<uint64_t>(row[j]) << 32;
+        const uint32_t bits = float_bits(row + j);
+        const bool keep = nonzero_bits(bits);
+        store_entry(entries, keep ? slot[j] : spare, entry_word(r - r0, bits));
         slot[j] += keep;
       }
       continue;
@@ -167,13 +175,13 @@ void fill_group(const float* a, int64_t lda, int64_t r0, int64_t b0, int64_t b1,
       const unsigned j = static_cast<unsigned>(__builtin_ctz(mask | (1u << kListGroup)));
       const unsigned none_left = j / kListGroup;  // 1 when j is kListGroup
       const int64_t at = slot[j] + none_left * i;  // the spare slots one by one
-      words[at] = within | static_cast<uint64_t>(row[j & (kListGroup - 1)]) << 32;
+      store_entry(entries, at, entry_word(r - r0, float_bits(row + (j & (kListGroup - 1)))));
       slot[j + none_left] = at + 1;
       mask &= mask - 1;
     }
     for (; mask != 0; mask &= mask - 1) {
       const unsigned j = static_cast<unsigned>(__builtin_ctz(mask));
-      words[slot[j]++] = within | static_cast<uint64_t>(row[j]) << 32;
+      store_entry(entries, slot[j]++, entry_word(r - r0, float_bits(row + j)));
     }
   }
   for (int64_t j = 0; j < group; ++j) next[j] = slot[j];
