@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 from pathlib import Path
 
@@ -108,6 +109,18 @@ def test_no_rows_or_no_columns(side):
 ISAS = ("portable", "avx2", "avx512", "amx")
 
 
+@contextlib.contextmanager
+def running_isa(isa):
+    """The CPU kernels of instruction set `isa` within the block (a skip where this CPU lacks it)."""
+    if ISAS.index(isa) > ISAS.index(extension().cpu_best_isa()):
+        pytest.skip(f"this CPU does not support {isa}")
+    previous = sparsekern.set_cpu_isa(isa)
+    try:
+        yield
+    finally:
+        sparsekern.set_cpu_isa(previous)
+
+
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("side", SPARSE_SIDES)
 @pytest.mark.parametrize("chunk_rows, s_block", [(0, 0), (16, 64), (48, 72), (128, 24)])
@@ -116,22 +129,16 @@ def test_every_isa_chunk_and_block(isa, side, chunk_rows, s_block):
     # running sums of s_block columns of the sparse side: forced small here, so that every run
     # has several chunks (the last one short), several blocks (the last one short), a last
     # panel narrower than 64 and columns left over from the register transpose of the output.
-    best = extension().cpu_best_isa()
-    if ISAS.index(isa) > ISAS.index(best):
-        pytest.skip(f"this CPU does not support {isa}")
-    previous = sparsekern.set_cpu_isa(isa)
-    try:
-        g = torch.Generator().manual_seed(chunk_rows + s_block + len(side))
-        grad_out = sparse_rows(301, 157, 0.25, g, "abstopk")
-        x = sparse_rows(301, 203, 0.25, g, "abstopk")
-        x[40:60] = 0  # a whole chunk of rows without a nonzero on either side
-        grad_out[40:60] = 0
-        out = torch.full((157, 203), float("nan"))
+    g = torch.Generator().manual_seed(chunk_rows + s_block + len(side))
+    grad_out = sparse_rows(301, 157, 0.25, g, "abstopk")
+    x = sparse_rows(301, 203, 0.25, g, "abstopk")
+    x[40:60] = 0  # a whole chunk of rows without a nonzero on either side
+    grad_out[40:60] = 0
+    out = torch.full((157, 203), float("nan"))
+    with running_isa(isa):
         extension().esmm_sparse_operand_grad_weight_cpu(grad_out, x, side == "input", out=out,
                                                         chunk_rows=chunk_rows, s_block=s_block)
-        assert_close(out, grad_out, x)
-    finally:
-        sparsekern.set_cpu_isa(previous)
+    assert_close(out, grad_out, x)
 
 
 def test_forced_chunk_and_block_out_of_range_raise():
@@ -234,13 +241,10 @@ def test_an_inf_anywhere_on_the_dense_side_is_found(isa, side):
     # Every entry of the side read densely reaches a panel or the check of a chunk without a
     # nonzero, on every instruction set: the first and last rows, a chunk the walked side skips,
     # the first, a whole and the partial last panel.
-    if ISAS.index(isa) > ISAS.index(extension().cpu_best_isa()):
-        pytest.skip(f"this CPU does not support {isa}")
-    previous = sparsekern.set_cpu_isa(isa)
-    try:
-        g = torch.Generator().manual_seed(4)
-        walked = sparse_rows(203, 90, 0.2, g)
-        walked[48:64] = 0  # chunk 3 of 16 rows without a nonzero
+    g = torch.Generator().manual_seed(4)
+    walked = sparse_rows(203, 90, 0.2, g)
+    walked[48:64] = 0  # chunk 3 of 16 rows without a nonzero
+    with running_isa(isa):
         for row in (0, 202, 50):
             for col in (0, 63, 69, 127, 156):
                 dense = torch.randn(203, 157, generator=g)
@@ -252,8 +256,6 @@ def test_an_inf_anywhere_on_the_dense_side_is_found(isa, side):
                                                                 s_block=64, dense_if_not_finite=True)
                 torch.testing.assert_close(out, ref, rtol=0, atol=0, equal_nan=True)
                 assert out.isnan().any()
-    finally:
-        sparsekern.set_cpu_isa(previous)
 
 
 def test_sparse_linear_dense_grad_uses_it_and_matches_dense():

@@ -11,7 +11,7 @@ import sparsekern
 from sparsekern import sparse_operand_mm as som
 from sparsekern._extension import extension
 
-from test_dense_grad_weight import ISAS, sparse_rows
+from test_dense_grad_weight import ISAS, running_isa, sparse_rows
 
 pytestmark = pytest.mark.skipif(extension() is None or not hasattr(extension(), "esmm_sparse_operand_matmul_cpu"),
                                 reason="needs the compiled extension sparsekern._C (CPU kernels)")
@@ -90,21 +90,15 @@ def test_every_isa_chunk_and_block(isa, transpose_b, chunk_rows, s_block):
     # Forced small chunks (of a's columns) and blocks (of a's rows) so that every run has several
     # of each, the last ones short, a last panel narrower than 64 columns, and (transposed b)
     # panel rows left over from the register transposes; the output poisoned first.
-    best = extension().cpu_best_isa()
-    if ISAS.index(isa) > ISAS.index(best):
-        pytest.skip(f"this CPU does not support {isa}")
-    previous = sparsekern.set_cpu_isa(isa)
-    try:
-        g = torch.Generator().manual_seed(chunk_rows + s_block + transpose_b)
-        a = sparse_rows(301, 203, 0.25, g, "abstopk")
-        a[:, 40:60] = 0  # a whole chunk of the reduction without a nonzero
-        b = operand_b(203, 157, transpose_b, g)
-        out = torch.full((301, 157), float("nan"))
+    g = torch.Generator().manual_seed(chunk_rows + s_block + transpose_b)
+    a = sparse_rows(301, 203, 0.25, g, "abstopk")
+    a[:, 40:60] = 0  # a whole chunk of the reduction without a nonzero
+    b = operand_b(203, 157, transpose_b, g)
+    out = torch.full((301, 157), float("nan"))
+    with running_isa(isa):
         extension().esmm_sparse_operand_matmul_cpu(a, b, transpose_b, out=out, chunk_rows=chunk_rows,
                                                    s_block=s_block)
-        assert_close(out, a, b, transpose_b)
-    finally:
-        sparsekern.set_cpu_isa(previous)
+    assert_close(out, a, b, transpose_b)
 
 
 def test_strided_operands():
@@ -159,14 +153,11 @@ def test_a_skipped_zero_never_meets_inf_or_nan():
 def test_an_inf_anywhere_in_b_is_found(isa, transpose_b, where):
     # Every entry of b reaches a panel or the check of a chunk that has no nonzero, on every
     # instruction set, in the whole and the partial panels and the transposed reads.
-    if ISAS.index(isa) > ISAS.index(extension().cpu_best_isa()):
-        pytest.skip(f"this CPU does not support {isa}")
-    previous = sparsekern.set_cpu_isa(isa)
-    try:
-        g = torch.Generator().manual_seed(3)
-        a = sparse_rows(150, 203, 0.2, g)
-        a[:, 48:64] = 0  # chunk 3 of the reduction (chunk_rows 16: rows 48 to 63 of b) without a nonzero
-        b_rows = {"first": 0, "last": 202, "chunk without nonzeros": 50}[where]
+    g = torch.Generator().manual_seed(3)
+    a = sparse_rows(150, 203, 0.2, g)
+    a[:, 48:64] = 0  # chunk 3 of the reduction (chunk_rows 16: rows 48 to 63 of b) without a nonzero
+    b_rows = {"first": 0, "last": 202, "chunk without nonzeros": 50}[where]
+    with running_isa(isa):
         for b_col in (0, 63, 69, 127, 156):  # both ends of the first and of a whole panel, the partial last one
             b = torch.randn(203, 157, generator=g)  # b' [203, 157]
             b[b_rows, b_col] = float("inf")
@@ -177,8 +168,6 @@ def test_an_inf_anywhere_in_b_is_found(isa, transpose_b, where):
                                                        dense_if_not_finite=True)
             torch.testing.assert_close(out, ref, rtol=0, atol=0, equal_nan=True)
             assert out.isnan().any()
-    finally:
-        sparsekern.set_cpu_isa(previous)
 
 
 @pytest.mark.parametrize("bias", [False, True])
