@@ -8,6 +8,8 @@ import sys
 
 import torch
 
+from .block.reference import _expand_pointers
+
 _BIT_VALUES = (1, 2, 4, 8, 16, 32, 64, 128)
 _GATHER_BITS = 0x0102040810204080  # bits 7, 14, ..., 56
 
@@ -43,9 +45,7 @@ def pack_entries(shape, row_ptr: torch.Tensor, col_idx: torch.Tensor) -> torch.T
     width = math.ceil(cols / 8)
     packed = torch.zeros(rows * width, dtype=torch.uint8, device=col_idx.device)
     if col_idx.numel():
-        counts = row_ptr[1:] - row_ptr[:-1]
-        row_of = torch.repeat_interleave(torch.arange(rows, device=col_idx.device), counts.long(),
-                                         output_size=col_idx.numel())  # no device sync for the size
+        row_of = _expand_pointers(row_ptr, col_idx.numel())
         col = col_idx.long()
         # Each entry is its own bit of its byte, so the sum of a byte's bits is their OR.
         packed.index_add_(0, row_of * width + (col >> 3), torch.bitwise_left_shift(1, col & 7).to(torch.uint8))

@@ -54,8 +54,9 @@ struct SparseOperandListing {
 // out[s * ld_out + d], or out[d * ld_out + s] when out_transposed. Every element of
 // out is written. The columns of S in blocks of s_block (running sums kept in L2); work dealt to
 // `workers` workers, each with sparse_operand_scratch_per_worker floats of scratch (64-byte aligned).
-// dense_not_finite, when not null, is set if any entry of D is an Inf or NaN (every entry of D is
-// read into some panel, or checked where its chunk has no nonzero); the work then stops early.
+// dense_not_finite, when not null, is set if any entry of D is an Inf or NaN (the first block of
+// columns of S copies and checks every chunk of each panel column tile, those without a nonzero
+// too); the work then stops early.
 struct SparseOperandProduct {
   SparseOperandListing listing;
   const float* dense;

@@ -122,13 +122,15 @@ void product_item(const SparseOperandProduct& p, int64_t t, int64_t b, float* pa
   const int64_t d0 = t * W, cols = lesser(W, p.d_cols - d0);
   const int64_t s0 = b * p.s_block, s1 = lesser(s0 + p.s_block, l.cols);
   for (int64_t i = 0; i < (s1 - s0) * W; ++i) sums[i] = 0.f;
+  // Block 0 of a tile goes through every chunk, so its checks cover the tile's part of D once.
+  const bool check = p.dense_not_finite != nullptr && b == 0;
   for (int64_t q = 0; q < l.chunks; ++q) {
     const int64_t r0 = q * l.chunk_rows, rows = lesser(l.chunk_rows, l.rows - r0);
     const int64_t* ptr = l.ptr + q * l.cols;
     const bool empty = ptr[s0] == ptr[s1];  // no nonzero of these columns in this chunk
-    if (empty && p.dense_not_finite == nullptr) continue;
+    if (empty && !check) continue;
     copy_panel(p, r0, rows, d0, cols, panel);
-    if (p.dense_not_finite != nullptr && !panel_finite(panel, rows)) {
+    if (check && !panel_finite(panel, rows)) {
       p.dense_not_finite->store(true, std::memory_order_relaxed);
       return;  // the caller runs the dense product: out need not be written
     }

@@ -23,10 +23,11 @@ def _element_mask(block_rows, block_cols, shape, block_size) -> torch.Tensor:
     return expand_block_mask(block_mask, block_size, shape)
 
 
-def _expand_pointers(ptr: torch.Tensor) -> torch.Tensor:
-    """CSR pointers -> the outer index of each listed block."""
+def _expand_pointers(ptr: torch.Tensor, listed: int | None = None) -> torch.Tensor:
+    """CSR pointers -> the outer index of each listed block (or entry); ``listed``, their count
+    when the caller knows it (saves a device sync for the output's size)."""
     counts = (ptr[1:] - ptr[:-1]).long()
-    return torch.repeat_interleave(torch.arange(ptr.numel() - 1, device=ptr.device), counts)
+    return torch.repeat_interleave(torch.arange(ptr.numel() - 1, device=ptr.device), counts, output_size=listed)
 
 
 def forward(x, weight, bias, row_ptr, col_idx, block_out, block_in):
