@@ -340,6 +340,12 @@ def test_operand_stats():
     assert gw.sampled_density(torch.zeros(0, 4)) == 1.0
     sparse = abs_topk(torch.randn(2048, 512), 128)
     assert gw.sampled_density(sparse) == 0.25  # AbsTopK: every row alike
+    # Rows of different counts: the sample is rows 0, 2, 4, ... of 256 (one in 256 // 128).
+    uneven = torch.zeros(256, 10)
+    for r in range(256):
+        uneven[r, : r % 7] = 1.0
+    assert gw.sampled_density(uneven) == (uneven[::2] != 0).sum().item() / uneven[::2].numel()
+    assert gw.sampled_density(uneven) != (uneven != 0).float().mean().item()
 
 
 def test_element_forward_with_no_reduction_writes_the_bias():
