@@ -42,8 +42,15 @@ SIDES = ("dense", "input", "grad_out")
 # with 512 dense columns, 0.50-0.54x with 2048, 0.38-0.42x with 8192 (and 0.21x at d = 0.1, 0.71x at
 # 1/2, 1.1x at 3/4); the transposed listing on the 2-core Xeon (AVX-512) at d = 1/4, 1.16x with 512,
 # 0.72x with 2048, 0.6x with 8192.
+# On the 2-core AMD EPYC Zen 4 (AVX-512 without AMX, 1 MiB L2; 2026-12-03, after the listing was
+# made 2-2.5x faster) both listings weigh less against MKL: at d = 1/4, 1 thread and 1024 tokens or
+# 2 threads and 2048, the weight gradient 0.50-0.56x dense time with 512 dense columns (listing
+# ~60-90 columns' worth), the transposed product 0.57-0.66x (~110-170), where the fit above would
+# keep both dense (1.17x modelled for the transposed one). That machine's kernels run "avx512";
+# the Xeon's run "amx" and keep the fit above, not measured again since the listing changed.
 _PER_DENSITY = 1.35
 LISTING_COLUMNS = {"rows": 200.0, "transposed": 400.0}
+_LISTING_COLUMNS_BY_ISA = {"avx512": {"rows": 80.0, "transposed": 160.0}}
 _FLOOR = 0.05
 # Below this many multiply-adds the dense product is cheap enough that a pass to measure the
 # operands is not worth making.
@@ -64,7 +71,9 @@ def modelled_cost(density: float, dense_columns: int, listing: str = "rows") -> 
     """Modelled time of walking a side of ``density`` against a dense side of ``dense_columns``
     columns, relative to the dense product; ``listing``: ``"rows"`` (the weight gradient) or
     ``"transposed"`` (``sparse_operand_mm``)."""
-    return _PER_DENSITY * density + LISTING_COLUMNS[listing] / max(dense_columns, 1) + _FLOOR
+    isa = extension().cpu_isa() if extension() is not None else None
+    listing_columns = _LISTING_COLUMNS_BY_ISA.get(isa, LISTING_COLUMNS)[listing]
+    return _PER_DENSITY * density + listing_columns / max(dense_columns, 1) + _FLOOR
 
 
 def choose_side(grad_out: Tensor, x: Tensor) -> str:

@@ -51,6 +51,33 @@ def test_dense_format_computes_the_sparse_function(layout_kind, dense_weight_gra
         assert (weight.grad[~mask] == 0).all()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("density", [0.0, 0.03, 0.5, 0.97, 1.0])
+def test_zero_outside_is_torch_where_bit_for_bit(dtype, density):
+    # The dense format's masking (an and of the bits on the CPU) against torch.where: +0 outside
+    # the mask whatever is there, every bit kept inside (NaN, Inf, -0 included), any strides.
+    from sparsekern.dense.function import zero_outside
+    g = torch.Generator().manual_seed(int(density * 100))
+    t = torch.randn(67, 45, generator=g).to(dtype)
+    specials = torch.tensor([float("nan"), float("inf"), -float("inf"), -0.0]).to(dtype)
+    spots = torch.randint(0, t.numel(), (40,), generator=g)
+    t.view(-1)[spots] = specials[torch.arange(40) % 4]
+    mask = torch.rand(67, 45, generator=g) < density
+    for operand, m in ((t, mask), (t.t(), mask.t()), (t[:, ::2], mask[:, ::2])):
+        out, ref = zero_outside(operand, m), torch.where(m, operand, 0)
+        assert out.dtype == dtype and out.shape == ref.shape
+        words = {2: torch.int16, 4: torch.int32, 8: torch.int64}[out.element_size()]
+        assert torch.equal(out.contiguous().view(words), ref.contiguous().view(words))
+
+
+def test_zero_outside_stays_differentiable_where_autograd_records():
+    from sparsekern.dense.function import zero_outside
+    w = torch.randn(6, 5, requires_grad=True)
+    mask = torch.rand(6, 5) < 0.5
+    zero_outside(w, mask).sum().backward()
+    assert torch.equal(w.grad, mask.float())
+
+
 def test_dense_format_checks_its_arguments_first():
     layout = ElementLayout.random((8, 6), 0.5)
     with pytest.raises(ValueError, match="layout.shape must equal weight.shape"):

@@ -124,6 +124,18 @@ def test_choice():
     assert not som.walks(sparse[:8, :8], w[:8, :8], True)  # too small to measure
 
 
+@pytest.mark.parametrize("isa, walks", [("avx2", False), ("avx512", True)])
+def test_choice_follows_the_fit_of_the_instruction_set_running(isa, walks):
+    # A quarter-dense input against 512 dense columns: walked where the kernels run AVX-512
+    # without AMX (the Zen 4 EPYC's fit: 0.57-0.66x dense time), not under the AVX2 fit.
+    g = torch.Generator().manual_seed(3)
+    a = sparse_rows(1024, 2048, 0.25, g, "abstopk")
+    w = torch.randn(512, 2048, generator=g)
+    with running_isa(isa):
+        assert som.walks(a, w, True) is walks
+        assert som.walks(a, w.t().contiguous(), False) is walks
+
+
 def test_a_skipped_zero_never_meets_inf_or_nan():
     # 0 * inf is NaN in the dense product: where b holds an Inf or NaN the kernel finds it in its
     # panels and the dense product runs instead, so the choice gives the dense product's NaNs exactly.
