@@ -54,9 +54,9 @@ def test_dense_format_computes_the_sparse_function(layout_kind, dense_weight_gra
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("density", [0.0, 0.03, 0.5, 0.97, 1.0])
 def test_zero_outside_is_torch_where_bit_for_bit(dtype, density):
-    # The dense format's masking (an and of the bits on the CPU) against torch.where: +0 outside
-    # the mask whatever is there, every bit kept inside (NaN, Inf, -0 included), any strides.
-    from sparsekern.dense.function import zero_outside
+    # The dense format's masking (the bits times the mask on the CPU) against torch.where: +0
+    # outside the mask whatever is there, every bit kept inside (NaN, Inf, -0 included), any strides.
+    from sparsekern.dense.function import _SAME_SIZE_INT, zero_outside
     g = torch.Generator().manual_seed(int(density * 100))
     t = torch.randn(67, 45, generator=g).to(dtype)
     specials = torch.tensor([float("nan"), float("inf"), -float("inf"), -0.0]).to(dtype)
@@ -66,7 +66,7 @@ def test_zero_outside_is_torch_where_bit_for_bit(dtype, density):
     for operand, m in ((t, mask), (t.t(), mask.t()), (t[:, ::2], mask[:, ::2])):
         out, ref = zero_outside(operand, m), torch.where(m, operand, 0)
         assert out.dtype == dtype and out.shape == ref.shape
-        words = {2: torch.int16, 4: torch.int32, 8: torch.int64}[out.element_size()]
+        words = _SAME_SIZE_INT[out.element_size()]
         assert torch.equal(out.contiguous().view(words), ref.contiguous().view(words))
 
 

@@ -26,7 +26,7 @@ _SAME_SIZE_INT = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
 def zero_outside(t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """``torch.where(mask, t, 0)``, bit for bit (``+0`` outside, NaN and Inf inside kept). On the
-    CPU its bits, as integers, are multiplied by the mask (0 or 1, one vectorised pass): torch's
+    CPU its bits, as integers, are multiplied by the mask (0 or 1; vectorised, branch-free): torch's
     CPU ``where`` loop branches on the mask, and a weight mid-way through the annealing (half its
     entries, at random) costs it 5-7x the multiply's time. Elsewhere, and wherever autograd must
     see ``t`` (the integer product is not differentiable), it is ``torch.where``."""
