@@ -54,8 +54,9 @@ def test_dense_format_computes_the_sparse_function(layout_kind, dense_weight_gra
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("density", [0.0, 0.03, 0.5, 0.97, 1.0])
 def test_zero_outside_is_torch_where_bit_for_bit(dtype, density):
-    # The dense format's masking (the bits times the mask on the CPU) against torch.where: +0
-    # outside the mask whatever is there, every bit kept inside (NaN, Inf, -0 included), any strides.
+    # The dense format's masking (the extension's pass for contiguous operands on the CPU, the bits
+    # times the mask for the others) against torch.where: +0 outside the mask whatever is there,
+    # every bit kept inside (NaN, Inf, -0 included), any strides.
     from sparsekern.dense.function import _SAME_SIZE_INT, zero_outside
     g = torch.Generator().manual_seed(int(density * 100))
     t = torch.randn(67, 45, generator=g).to(dtype)
@@ -68,6 +69,50 @@ def test_zero_outside_is_torch_where_bit_for_bit(dtype, density):
         assert out.dtype == dtype and out.shape == ref.shape
         words = _SAME_SIZE_INT[out.element_size()]
         assert torch.equal(out.contiguous().view(words), ref.contiguous().view(words))
+
+
+needs_zero_outside_cpu = pytest.mark.skipif(
+    not hasattr(sparsekern._extension.extension(), "zero_outside_cpu"),
+    reason="the compiled extension (its zero_outside_cpu) is missing")
+
+
+@needs_zero_outside_cpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int8])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_zero_outside_cpu_pass_is_torch_where_bit_for_bit(dtype, threads):
+    # The extension's pass on its own, over several of its pieces (2^16 entries each) and both
+    # threads: every word and-ed with its mask byte.
+    ext = sparsekern._extension.extension()
+    g = torch.Generator().manual_seed(7)
+    t = (torch.randn(301, 700, generator=g) * 50).to(dtype)
+    if dtype.is_floating_point:
+        t.view(-1)[torch.randint(0, t.numel(), (64,), generator=g)] = float("nan")
+        t.view(-1)[torch.randint(0, t.numel(), (64,), generator=g)] = -0.0
+    mask = torch.rand(301, 700, generator=g) < 0.5
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        out = ext.zero_outside_cpu(t, mask)
+    finally:
+        torch.set_num_threads(before)
+    ref = torch.where(mask, t, 0)
+    words = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[t.element_size()]
+    assert out.dtype == dtype and out.shape == t.shape
+    assert torch.equal(out.view(words), ref.view(words))
+
+
+@needs_zero_outside_cpu
+def test_zero_outside_cpu_pass_refuses_what_it_cannot_read():
+    ext = sparsekern._extension.extension()
+    t, mask = torch.randn(6, 5), torch.rand(6, 5) < 0.5
+    with pytest.raises(TypeError, match="mask must be a bool tensor"):
+        ext.zero_outside_cpu(t, mask.to(torch.uint8))
+    with pytest.raises(ValueError, match="mask must have t's shape"):
+        ext.zero_outside_cpu(t, mask[:5])
+    with pytest.raises(ValueError, match="must be contiguous"):
+        ext.zero_outside_cpu(t.t(), mask.t())
+    with pytest.raises(TypeError, match="entries of 1, 2, 4 or 8 bytes"):
+        ext.zero_outside_cpu(torch.zeros(6, 5, dtype=torch.complex128), mask)
 
 
 def test_zero_outside_stays_differentiable_where_autograd_records():

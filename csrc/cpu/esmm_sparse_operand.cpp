@@ -196,10 +196,23 @@ void fill_task(void* ctx, int64_t begin, int64_t end) {
     const int64_t spare = l.ptr[l.chunks * l.cols] + q * kSpareSlots;
     const int64_t r0 = q * l.chunk_rows, r1 = l.rows < r0 + l.chunk_rows ? l.rows : r0 + l.chunk_rows;
     if (c.transposed) {
+      // A piece lies contiguous: 32 entries at a time become a mask of their nonzeros (a loop that
+      // vectorises) and only its set bits are stored. Storing every entry, zeros to a spare slot,
+      // took as long as the product's FMAs (x [1024, 2048] a quarter nonzero times a 512-column W.T,
+      // one thread of the Zen 4: the fill 29% of the time, the FMAs 30%).
       for (int64_t s = 0; s < l.cols; ++s) {
         const float* piece = c.a + s * c.lda;
         int64_t slot = next[s];
-        for (int64_t r = r0; r < r1; ++r) {
+        int64_t r = r0;
+        for (; r + 32 <= r1; r += 32) {
+          uint32_t mask = 0;
+          for (int j = 0; j < 32; ++j) mask |= static_cast<uint32_t>(nonzero_bits(float_bits(piece + r + j))) << j;
+          for (; mask != 0; mask &= mask - 1) {
+            const int j = __builtin_ctz(mask);
+            store_entry(c.entries, slot++, entry_word(r + j - r0, float_bits(piece + r + j)));
+          }
+        }
+        for (; r < r1; ++r) {
           const float v = piece[r];
           const bool keep = nonzero(v);
           c.entries[keep ? slot : spare] = {static_cast<int32_t>(r - r0), v};
