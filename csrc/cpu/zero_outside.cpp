@@ -61,36 +61,34 @@ void expand_kept_as(const void* packed, const uint8_t* kept, void* dst, int64_t 
   for (; i < end; ++i) d[i] = kept[i] ? p[n++] : Word{0};
 }
 
+// Calls f(Word{}) with the unsigned word of `word_bytes` bytes; false for another size.
+template <class F>
+bool by_word(int64_t word_bytes, const F& f) {
+  switch (word_bytes) {
+    case 1: f(uint8_t{}); return true;
+    case 2: f(uint16_t{}); return true;
+    case 4: f(uint32_t{}); return true;
+    case 8: f(uint64_t{}); return true;
+  }
+  return false;
+}
+
 }  // namespace
 
 int64_t pack_kept(const void* src, const uint8_t* kept, void* packed, int64_t begin, int64_t end, int64_t word_bytes) {
-  switch (word_bytes) {
-    case 1: return pack_kept_as<uint8_t>(src, kept, packed, begin, end);
-    case 2: return pack_kept_as<uint16_t>(src, kept, packed, begin, end);
-    case 4: return pack_kept_as<uint32_t>(src, kept, packed, begin, end);
-    case 8: return pack_kept_as<uint64_t>(src, kept, packed, begin, end);
-  }
-  return -1;
+  int64_t count = -1;
+  by_word(word_bytes, [&](auto word) {
+    count = pack_kept_as<decltype(word)>(src, kept, packed, begin, end);
+  });
+  return count;
 }
 
 bool expand_kept(const void* packed, const uint8_t* kept, void* dst, int64_t begin, int64_t end, int64_t word_bytes) {
-  switch (word_bytes) {
-    case 1: expand_kept_as<uint8_t>(packed, kept, dst, begin, end); return true;
-    case 2: expand_kept_as<uint16_t>(packed, kept, dst, begin, end); return true;
-    case 4: expand_kept_as<uint32_t>(packed, kept, dst, begin, end); return true;
-    case 8: expand_kept_as<uint64_t>(packed, kept, dst, begin, end); return true;
-  }
-  return false;
+  return by_word(word_bytes, [&](auto word) { expand_kept_as<decltype(word)>(packed, kept, dst, begin, end); });
 }
 
 bool zero_outside(const void* src, const uint8_t* kept, void* dst, int64_t begin, int64_t end, int64_t word_bytes) {
-  switch (word_bytes) {
-    case 1: zero_outside_as<uint8_t>(src, kept, dst, begin, end); return true;
-    case 2: zero_outside_as<uint16_t>(src, kept, dst, begin, end); return true;
-    case 4: zero_outside_as<uint32_t>(src, kept, dst, begin, end); return true;
-    case 8: zero_outside_as<uint64_t>(src, kept, dst, begin, end); return true;
-  }
-  return false;
+  return by_word(word_bytes, [&](auto word) { zero_outside_as<decltype(word)>(src, kept, dst, begin, end); });
 }
 
 }  // namespace cpu
